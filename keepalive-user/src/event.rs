@@ -1,0 +1,396 @@
+//! Typed events: what the kernel programs saw, decoded from the raw ring-buffer records.
+//!
+//! Decoding is pure: it needs the kernel's `HZ` and the names of `enum sk_rst_reason`, both
+//! passed in through [`DecodeContext`], so recorded streams decode the same way anywhere.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use keepalive_common::{Event as RawEvent, EventKind, flags, tcp_state};
+use serde::{Deserialize, Serialize};
+
+/// Why a raw record could not be decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The record is shorter than [`RawEvent`].
+    #[error("event record has {got} bytes, expected at least {expected}")]
+    Truncated {
+        /// Bytes received.
+        got: usize,
+        /// Bytes in a [`RawEvent`].
+        expected: usize,
+    },
+    /// The kind byte is not one this build knows.
+    #[error("unknown event kind {0}")]
+    UnknownKind(u8),
+    /// The address family is neither AF_INET nor AF_INET6.
+    #[error("unknown address family {0}")]
+    UnknownFamily(u8),
+}
+
+/// What decoding needs to know about the kernel that produced the records.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecodeContext {
+    /// The kernel's `CONFIG_HZ`: jiffies per second.
+    pub hz: u32,
+    /// Names of `enum sk_rst_reason` by value, without the `SK_RST_REASON_` prefix.
+    pub reset_reasons: BTreeMap<u32, String>,
+}
+
+/// Kind of a decoded event, as it appears in the output (`"event": "reset_sent"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TcpEventKind {
+    /// This host sent an RST.
+    ResetSent,
+    /// This host received an RST.
+    ResetReceived,
+    /// A socket's keepalive timer fired.
+    KeepaliveTimer,
+    /// An error was reported on a socket.
+    SocketError,
+    /// A TCP state transition.
+    StateChange,
+    /// A send after an idle gap of at least the configured floor.
+    IdleSend,
+    /// The first receive after an idle send: the path survived the gap.
+    ReplyAfterIdle,
+    /// TTL / hop limit of an incoming SYN, SYN-ACK or RST.
+    SegmentTtl,
+}
+
+impl TcpEventKind {
+    /// The name used in JSON and journald.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ResetSent => "reset_sent",
+            Self::ResetReceived => "reset_received",
+            Self::KeepaliveTimer => "keepalive_timer",
+            Self::SocketError => "socket_error",
+            Self::StateChange => "state_change",
+            Self::IdleSend => "idle_send",
+            Self::ReplyAfterIdle => "reply_after_idle",
+            Self::SegmentTtl => "segment_ttl",
+        }
+    }
+}
+
+impl From<EventKind> for TcpEventKind {
+    fn from(kind: EventKind) -> Self {
+        match kind {
+            EventKind::ResetSent => Self::ResetSent,
+            EventKind::ResetReceived => Self::ResetReceived,
+            EventKind::KeepaliveTimer => Self::KeepaliveTimer,
+            EventKind::SocketError => Self::SocketError,
+            EventKind::StateChange => Self::StateChange,
+            EventKind::IdleSend => Self::IdleSend,
+            EventKind::ReplyAfterIdle => Self::ReplyAfterIdle,
+            EventKind::SegmentTtl => Self::SegmentTtl,
+        }
+    }
+}
+
+/// A TCP state, named as the kernel names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TcpState {
+    /// TCP_ESTABLISHED.
+    Established,
+    /// TCP_SYN_SENT.
+    SynSent,
+    /// TCP_SYN_RECV.
+    SynRecv,
+    /// TCP_FIN_WAIT1.
+    FinWait1,
+    /// TCP_FIN_WAIT2.
+    FinWait2,
+    /// TCP_TIME_WAIT.
+    TimeWait,
+    /// TCP_CLOSE.
+    Close,
+    /// TCP_CLOSE_WAIT.
+    CloseWait,
+    /// TCP_LAST_ACK.
+    LastAck,
+    /// TCP_LISTEN.
+    Listen,
+    /// TCP_CLOSING.
+    Closing,
+    /// TCP_NEW_SYN_RECV.
+    NewSynRecv,
+    /// A value this build does not know (or no socket).
+    Unknown,
+}
+
+impl TcpState {
+    /// Maps the kernel's numbering (`include/net/tcp_states.h`).
+    pub fn from_raw(raw: u8) -> Self {
+        match raw {
+            tcp_state::ESTABLISHED => Self::Established,
+            tcp_state::SYN_SENT => Self::SynSent,
+            tcp_state::SYN_RECV => Self::SynRecv,
+            tcp_state::FIN_WAIT1 => Self::FinWait1,
+            tcp_state::FIN_WAIT2 => Self::FinWait2,
+            tcp_state::TIME_WAIT => Self::TimeWait,
+            tcp_state::CLOSE => Self::Close,
+            tcp_state::CLOSE_WAIT => Self::CloseWait,
+            tcp_state::LAST_ACK => Self::LastAck,
+            tcp_state::LISTEN => Self::Listen,
+            tcp_state::CLOSING => Self::Closing,
+            tcp_state::NEW_SYN_RECV => Self::NewSynRecv,
+            _ => Self::Unknown,
+        }
+    }
+
+    /// The kernel's name without the `TCP_` prefix.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Established => "ESTABLISHED",
+            Self::SynSent => "SYN_SENT",
+            Self::SynRecv => "SYN_RECV",
+            Self::FinWait1 => "FIN_WAIT1",
+            Self::FinWait2 => "FIN_WAIT2",
+            Self::TimeWait => "TIME_WAIT",
+            Self::Close => "CLOSE",
+            Self::CloseWait => "CLOSE_WAIT",
+            Self::LastAck => "LAST_ACK",
+            Self::Listen => "LISTEN",
+            Self::Closing => "CLOSING",
+            Self::NewSynRecv => "NEW_SYN_RECV",
+            Self::Unknown => "UNKNOWN",
+        }
+    }
+}
+
+impl fmt::Display for TcpState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A kernel reset reason: its raw value and, when the kernel's BTF names it, its name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResetReason {
+    /// Raw `enum sk_rst_reason` value.
+    pub raw: u32,
+    /// Name without the `SK_RST_REASON_` prefix, e.g. `TCP_ABORT_ON_CLOSE`.
+    pub name: Option<String>,
+}
+
+impl ResetReason {
+    /// The name, or `reason_<n>` when the kernel did not name it.
+    pub fn label(&self) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("reason_{}", self.raw))
+    }
+}
+
+/// Keepalive configuration and progress of a socket at the time of an event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeepaliveState {
+    /// `SO_KEEPALIVE` is on.
+    pub enabled: bool,
+    /// `TCP_KEEPIDLE` in ms; `None` when the socket uses the namespace's sysctl.
+    pub idle_ms: Option<u64>,
+    /// `TCP_KEEPINTVL` in ms; `None` when the socket uses the namespace's sysctl.
+    pub interval_ms: Option<u64>,
+    /// `TCP_KEEPCNT`; `None` when the socket uses the namespace's sysctl.
+    pub count: Option<u8>,
+    /// Probes sent without an answer (`icsk_probes_out`).
+    pub probes_out: u8,
+}
+
+/// The task that was running when the event was taken, when that task is the socket's user.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    /// Process id (kernel tgid).
+    pub pid: u32,
+    /// Thread id (kernel pid).
+    pub tid: u32,
+    /// Command name.
+    pub comm: String,
+}
+
+/// One decoded event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpEvent {
+    /// CLOCK_MONOTONIC nanoseconds when the event was taken.
+    pub mono_ns: u64,
+    /// What happened.
+    pub kind: TcpEventKind,
+    /// Socket cookie; 0 when there was no socket (an RST answering a segment nobody owns).
+    pub cookie: u64,
+    /// Network namespace inode; 0 when unknown.
+    pub netns: u32,
+    /// This host's end.
+    pub local: SocketAddr,
+    /// The peer's end.
+    pub remote: SocketAddr,
+    /// State before a transition, or the current state.
+    pub old_state: TcpState,
+    /// State after a transition, or the current state.
+    pub new_state: TcpState,
+    /// Kernel reset reason ([`TcpEventKind::ResetSent`] only).
+    pub reason: Option<ResetReason>,
+    /// `sk_err`, when set.
+    pub sk_err: Option<i32>,
+    /// Milliseconds since the last segment was received, for full TCP sockets.
+    pub idle_rx_ms: Option<u64>,
+    /// Milliseconds since data was last sent, for full TCP sockets.
+    pub idle_tx_ms: Option<u64>,
+    /// Keepalive settings, for full TCP sockets.
+    pub keepalive: Option<KeepaliveState>,
+    /// `icsk_retransmits`, for full TCP sockets.
+    pub retransmits: Option<u8>,
+    /// TTL / hop limit of the segment ([`TcpEventKind::SegmentTtl`]).
+    pub ttl: Option<u8>,
+    /// TCP flags of the segment ([`TcpEventKind::SegmentTtl`]).
+    pub tcp_flags: Option<u8>,
+    /// Bytes sent or received ([`TcpEventKind::IdleSend`], [`TcpEventKind::ReplyAfterIdle`]).
+    pub bytes: Option<i32>,
+    /// The socket's user, when the event ran in its process context.
+    pub task: Option<Task>,
+}
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+
+/// Reset reasons the kernel only uses from a system call on the socket (close, shutdown,
+/// disconnect), so the current task is the socket's user.
+const PROCESS_CONTEXT_REASONS: &[&str] = &[
+    "TCP_ABORT_ON_CLOSE",
+    "TCP_ABORT_ON_LINGER",
+    "TCP_ABORT_ON_DATA",
+    "TCP_DISCONNECT_WITH_DATA",
+    "TCP_STATE",
+];
+
+impl DecodeContext {
+    /// Decodes one ring-buffer record.
+    pub fn decode(&self, bytes: &[u8]) -> Result<TcpEvent, DecodeError> {
+        let raw = raw_event(bytes)?;
+        let kind: TcpEventKind = EventKind::from_raw(raw.kind)
+            .ok_or(DecodeError::UnknownKind(raw.kind))?
+            .into();
+        let (local, remote) = endpoints(&raw)?;
+        let has_tcp = raw.flags & flags::HAS_TCP != 0;
+        let reason = (kind == TcpEventKind::ResetSent).then(|| ResetReason {
+            raw: raw.reason,
+            name: self.reset_reasons.get(&raw.reason).cloned(),
+        });
+        let keepalive = has_tcp.then(|| KeepaliveState {
+            enabled: raw.flags & flags::KEEPALIVE_ON != 0,
+            idle_ms: self.nonzero_jiffies_ms(raw.keepalive_time),
+            interval_ms: self.nonzero_jiffies_ms(raw.keepalive_intvl),
+            count: (raw.keepalive_probes != 0).then_some(raw.keepalive_probes),
+            probes_out: raw.probes_out,
+        });
+        let mut event = TcpEvent {
+            mono_ns: raw.ts_ns,
+            kind,
+            cookie: raw.cookie,
+            netns: raw.netns,
+            local,
+            remote,
+            old_state: TcpState::from_raw(raw.old_state),
+            new_state: TcpState::from_raw(raw.new_state),
+            reason,
+            sk_err: (raw.sk_err != 0).then_some(raw.sk_err),
+            idle_rx_ms: has_tcp.then(|| self.jiffies_ms(raw.jiffies.wrapping_sub(raw.rcv_tstamp))),
+            idle_tx_ms: has_tcp.then(|| self.jiffies_ms(raw.jiffies.wrapping_sub(raw.lsndtime))),
+            keepalive,
+            retransmits: has_tcp.then_some(raw.retransmits),
+            ttl: (kind == TcpEventKind::SegmentTtl).then_some(raw.ttl),
+            tcp_flags: (kind == TcpEventKind::SegmentTtl).then_some(raw.tcp_flags),
+            bytes: matches!(kind, TcpEventKind::IdleSend | TcpEventKind::ReplyAfterIdle)
+                .then_some(raw.bytes),
+            task: None,
+        };
+        if runs_in_process_context(&event) && raw.pid != 0 {
+            event.task = Some(Task {
+                pid: raw.pid,
+                tid: raw.tid,
+                comm: comm_str(&raw.comm),
+            });
+        }
+        Ok(event)
+    }
+
+    /// Converts a jiffies count to milliseconds with the kernel's HZ.
+    pub fn jiffies_ms(&self, jiffies: u32) -> u64 {
+        u64::from(jiffies) * 1000 / u64::from(self.hz.max(1))
+    }
+
+    fn nonzero_jiffies_ms(&self, jiffies: u32) -> Option<u64> {
+        (jiffies != 0).then(|| self.jiffies_ms(jiffies))
+    }
+}
+
+/// Copies the record out of the ring buffer's bytes.
+pub fn raw_event(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
+    let expected = size_of::<RawEvent>();
+    if bytes.len() < expected {
+        return Err(DecodeError::Truncated {
+            got: bytes.len(),
+            expected,
+        });
+    }
+    // SAFETY: the length was checked above, `RawEvent` is plain old data for which every bit
+    // pattern is valid, and `read_unaligned` makes no alignment assumption.
+    Ok(unsafe { bytes.as_ptr().cast::<RawEvent>().read_unaligned() })
+}
+
+/// The raw record as bytes, the inverse of [`raw_event`] (used by recordings and tests).
+pub fn raw_bytes(raw: &RawEvent) -> Vec<u8> {
+    // SAFETY: `RawEvent` is `#[repr(C)]` with explicit padding fields, so all of its bytes are
+    // initialised.
+    unsafe {
+        std::slice::from_raw_parts((raw as *const RawEvent).cast::<u8>(), size_of::<RawEvent>())
+    }
+    .to_vec()
+}
+
+fn endpoints(raw: &RawEvent) -> Result<(SocketAddr, SocketAddr), DecodeError> {
+    let ip = |bytes: &[u8; 16]| -> Result<IpAddr, DecodeError> {
+        match raw.family {
+            AF_INET => Ok(IpAddr::V4(Ipv4Addr::new(
+                bytes[0], bytes[1], bytes[2], bytes[3],
+            ))),
+            AF_INET6 => Ok(IpAddr::V6(Ipv6Addr::from(*bytes)).to_canonical()),
+            other => Err(DecodeError::UnknownFamily(other)),
+        }
+    };
+    Ok((
+        SocketAddr::new(ip(&raw.local_addr)?, raw.local_port),
+        SocketAddr::new(ip(&raw.remote_addr)?, raw.remote_port),
+    ))
+}
+
+/// Whether the task current at the event is the one using the socket. Timer and softirq
+/// events run in whatever task the CPU happened to be running, so their pid/comm mean nothing.
+fn runs_in_process_context(event: &TcpEvent) -> bool {
+    use TcpState::*;
+    match event.kind {
+        TcpEventKind::IdleSend | TcpEventKind::ReplyAfterIdle => true,
+        TcpEventKind::StateChange => matches!(
+            (event.old_state, event.new_state),
+            (Close, SynSent) | (Established, FinWait1) | (CloseWait, LastAck)
+        ),
+        TcpEventKind::ResetSent => event.cookie != 0
+            && event
+                .reason
+                .as_ref()
+                .and_then(|r| r.name.as_deref())
+                .is_some_and(|name| PROCESS_CONTEXT_REASONS.contains(&name)),
+        _ => false,
+    }
+}
+
+fn comm_str(comm: &[u8; 16]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}

@@ -1,0 +1,5 @@
+//! keepalive-observer: attributes every TCP reset on this host to a local close, a peer RST or
+//! a silent middlebox drop, from eBPF events.
+
+pub mod correlate;
+pub mod event;
