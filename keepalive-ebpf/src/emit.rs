@@ -1,0 +1,87 @@
+//! The ring buffer, the lost-event counter and the configuration global.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_jiffies64, bpf_ktime_get_ns},
+    macros::map,
+    maps::{PerCpuArray, RingBuf},
+};
+use keepalive_common::{EVENTS_RING_BYTES, Event, EventKind, ProbeConfig};
+
+#[map(name = "EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+
+#[map(name = "LOST_EVENTS")]
+static LOST_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Set by the daemon before load (read-only data); zero means "not configured".
+#[unsafe(no_mangle)]
+static CONFIG: ProbeConfig = ProbeConfig {
+    offsets: keepalive_common::KernelOffsets {
+        skc_family: 0,
+        skc_state: 0,
+        skc_daddr: 0,
+        skc_rcv_saddr: 0,
+        skc_dport: 0,
+        skc_num: 0,
+        skc_v6_daddr: 0,
+        skc_v6_rcv_saddr: 0,
+        skc_net: 0,
+        skc_flags: 0,
+        skc_cookie: 0,
+        timer_function: 0,
+        net_ns_inum: 0,
+        sk_protocol: 0,
+        sk_type: 0,
+        sk_err: 0,
+        sk_timer: 0,
+        rcv_tstamp: 0,
+        lsndtime: 0,
+        keepalive_time: 0,
+        keepalive_intvl: 0,
+        keepalive_probes: 0,
+        icsk_probes_out: 0,
+        icsk_retransmits: 0,
+        skb_head: 0,
+        skb_network_header: 0,
+        skb_transport_header: 0,
+        _pad: 0,
+    },
+    keepalive_timer_fn: 0,
+    sock_keepopen_bit: 0,
+    idle_floor_jiffies: 0,
+};
+
+/// The configuration, read through a volatile load so the compiler cannot fold the zeroes
+/// above into the code: the real values are patched in at load time.
+#[inline(always)]
+pub fn config() -> &'static ProbeConfig {
+    // SAFETY: CONFIG is a valid static; the volatile read only defeats constant folding.
+    unsafe { &*core::ptr::read_volatile(&&raw const CONFIG) }
+}
+
+/// A new event with the clock, jiffies and the current task filled in.
+#[inline(always)]
+pub fn new_event(kind: EventKind) -> Event {
+    let mut event = Event::zeroed(kind);
+    // SAFETY: plain helper calls without pointer arguments.
+    unsafe {
+        event.ts_ns = bpf_ktime_get_ns();
+        event.jiffies = bpf_jiffies64() as u32;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    event.pid = (pid_tgid >> 32) as u32;
+    event.tid = pid_tgid as u32;
+    event.comm = bpf_get_current_comm().unwrap_or_default();
+    event
+}
+
+/// Pushes the event to userspace, counting it as lost when the ring buffer is full.
+#[inline(always)]
+pub fn submit(event: &Event) {
+    if EVENTS.output(event, 0).is_err()
+        && let Some(lost) = LOST_EVENTS.get_ptr_mut(0)
+    {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
+        unsafe { *lost += 1 };
+    }
+}

@@ -1,0 +1,83 @@
+//! RSTs sent and received.
+//!
+//! `tcp_send_reset(sk, skb, reason)` fires for both ways this host sends an RST: on its own
+//! socket (`tcp_send_active_reset`, skb NULL) and in reply to a segment (`tcp_v{4,6}_send_reset`,
+//! skb set; sk NULL when no socket owns the segment). `tcp_receive_reset(sk)` fires in
+//! `tcp_reset` when an RST arrives on a socket. Both exist from 6.10 (reason from 6.10 too).
+
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use keepalive_common::{EventKind, flags};
+
+use crate::{
+    emit::{config, new_event, submit},
+    kernel::{cookie_of, fill_from_sock, read},
+};
+
+const ETH_IPV4: u8 = 4;
+const ETH_IPV6: u8 = 6;
+
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    let skb: *const u8 = ctx.arg(1);
+    let reason: u64 = ctx.arg(2);
+    let mut event = new_event(EventKind::ResetSent);
+    event.reason = reason as u32;
+    if !sk.is_null() {
+        fill_from_sock(&mut event, sk);
+        event.cookie = cookie_of(sk);
+    }
+    if !skb.is_null() {
+        fill_from_segment(&mut event, skb);
+    }
+    submit(&event);
+    0
+}
+
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    if sk.is_null() {
+        return 0;
+    }
+    let mut event = new_event(EventKind::ResetReceived);
+    fill_from_sock(&mut event, sk);
+    event.cookie = cookie_of(sk);
+    submit(&event);
+    0
+}
+
+/// Takes the addresses from the segment being answered: its source is the remote end. A
+/// listener or a missing socket knows no remote address, so the segment's tuple wins.
+#[inline(always)]
+fn fill_from_segment(event: &mut keepalive_common::Event, skb: *const u8) {
+    let o = &config().offsets;
+    let head: u64 = read(skb, o.skb_head);
+    if head == 0 {
+        return;
+    }
+    let head = head as *const u8;
+    let network: u16 = read(skb, o.skb_network_header);
+    let transport: u16 = read(skb, o.skb_transport_header);
+    let ip = unsafe { head.add(network as usize) };
+    let version = read::<u8>(ip, 0) >> 4;
+    if version == ETH_IPV4 {
+        let src: [u8; 4] = read(ip, 12);
+        let dst: [u8; 4] = read(ip, 16);
+        event.remote_addr = [0; 16];
+        event.local_addr = [0; 16];
+        event.remote_addr[..4].copy_from_slice(&src);
+        event.local_addr[..4].copy_from_slice(&dst);
+        event.family = 2;
+    } else if version == ETH_IPV6 {
+        event.remote_addr = read(ip, 8);
+        event.local_addr = read(ip, 24);
+        event.family = 10;
+    } else {
+        return;
+    }
+    let tcp = unsafe { head.add(transport as usize) };
+    event.remote_port = u16::from_be(read(tcp, 0));
+    event.local_port = u16::from_be(read(tcp, 2));
+    event.flags |= flags::FROM_SEGMENT;
+}
