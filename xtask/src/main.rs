@@ -1,1 +1,72 @@
-fn main() {}
+//! Developer tasks for keepalive-observer. Built with the machine's default stable toolchain;
+//! installs and then calls the pinned toolchains by name.
+
+mod build;
+mod cmd;
+mod lint;
+mod run;
+mod setup;
+mod test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Developer tasks for keepalive-observer")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what is missing: apt packages, pinned toolchains, bpf-linker; check the kernel.
+    Setup,
+    /// Set up, then build the daemon (and with it the eBPF programs).
+    Build {
+        /// Build with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Set up, build and run the daemon as root (through sudo when not root).
+    Run {
+        /// Build and run the debug profile instead of release.
+        #[arg(long)]
+        debug: bool,
+        /// Arguments for keepalive-observer, after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Check formatting and run clippy on the host crates and the eBPF crate.
+    Lint,
+    /// Set up, lint, then run every test, privileged ones included when root.
+    Test,
+}
+
+fn main() -> ExitCode {
+    // Printed here rather than returned: anyhow would add a backtrace when RUST_BACKTRACE is set.
+    task(Cli::parse().command).unwrap_or_else(|err| {
+        eprintln!("error: {err:#}");
+        ExitCode::FAILURE
+    })
+}
+
+fn task(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Setup => setup::run(setup::Report::Verbose)?,
+        Command::Build { release } => {
+            setup::run(setup::Report::Quiet)?;
+            build::run(build::Profile::from_release(release))?;
+        }
+        Command::Run { debug, args } => {
+            return run::run(build::Profile::from_release(!debug), &args);
+        }
+        Command::Lint => {
+            setup::run(setup::Report::Quiet)?;
+            lint::run()?;
+        }
+        Command::Test => test::run()?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
