@@ -127,7 +127,7 @@ pub struct Event {
     pub keepalive_time: u32,
     /// `tcp_sock.keepalive_intvl` in jiffies (0: the namespace's `tcp_keepalive_intvl`).
     pub keepalive_intvl: u32,
-    /// Byte count of a send or receive ([`EventKind::IdleSend`], [`EventKind::ReplyAfterIdle`]).
+    /// Bytes received ([`EventKind::ReplyAfterIdle`]).
     pub bytes: i32,
     /// IPv4 TTL or IPv6 hop limit of the segment ([`EventKind::SegmentTtl`]).
     pub ttl: u8,

@@ -1,7 +1,11 @@
-//! Whether a connection survived an idle gap: a send after at least the idle floor without
-//! receiving anything ([`EventKind::IdleSend`]), then the first successful receive on that
-//! socket ([`EventKind::ReplyAfterIdle`]). Sends and receives below the floor cost a protocol
-//! check, a jiffies comparison and, for receives, one hash lookup.
+//! Whether a connection survived an idle gap: a send after at least the idle floor with no
+//! segment received and no data sent ([`EventKind::IdleSend`]), then the first successful
+//! receive on that socket ([`EventKind::ReplyAfterIdle`]).
+//!
+//! The send side hooks `tcp_sendmsg_locked`, which fires before anything is transmitted:
+//! `sock_send_length` fires after the send returns, and on a fast path (loopback) the peer's
+//! ACK has already refreshed `rcv_tstamp` by then, hiding the gap. Sends and receives below
+//! the floor cost a protocol check, a jiffies comparison and, for receives, one hash lookup.
 
 use aya_ebpf::{
     helpers::bpf_jiffies64, macros::btf_tracepoint, macros::map, maps::LruHashMap,
@@ -18,31 +22,36 @@ use crate::{
 #[map(name = "AWAITING_REPLY")]
 static AWAITING_REPLY: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);
 
-#[btf_tracepoint(function = "sock_send_length")]
-pub fn sock_send_length(ctx: BtfTracePointContext) -> i32 {
+/// `BPF_NOEXIST`: fails when the key is present, so one idle send is reported once even when
+/// `tcp_sendmsg_locked` fires for several buffers of the same message.
+const BPF_NOEXIST: u64 = 1;
+
+#[btf_tracepoint(function = "tcp_sendmsg_locked")]
+pub fn tcp_sendmsg_locked(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
-    let sent: i32 = ctx.arg(1);
     let cfg = config();
-    if sent <= 0 || sk.is_null() || cfg.idle_floor_jiffies == 0 || !is_full_tcp(sk) {
+    if sk.is_null() || cfg.idle_floor_jiffies == 0 || !is_full_tcp(sk) {
         return 0;
     }
     if read::<u8>(sk, cfg.offsets.skc_state) != tcp_state::ESTABLISHED {
         return 0;
     }
-    let rcv_tstamp: u32 = read(sk, cfg.offsets.rcv_tstamp);
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_jiffies64() } as u32;
-    if now.wrapping_sub(rcv_tstamp) < cfg.idle_floor_jiffies {
+    let rcv_tstamp: u32 = read(sk, cfg.offsets.rcv_tstamp);
+    let lsndtime: u32 = read(sk, cfg.offsets.lsndtime);
+    if now.wrapping_sub(rcv_tstamp) < cfg.idle_floor_jiffies
+        || now.wrapping_sub(lsndtime) < cfg.idle_floor_jiffies
+    {
         return 0;
     }
     let cookie = cookie_of(sk);
-    if AWAITING_REPLY.insert(&cookie, &now, 0).is_err() {
+    if AWAITING_REPLY.insert(&cookie, &now, BPF_NOEXIST).is_err() {
         return 0;
     }
     let mut event = new_event(EventKind::IdleSend);
     fill_from_sock(&mut event, sk);
     event.cookie = cookie;
-    event.bytes = sent;
     submit(&event);
     0
 }

@@ -250,7 +250,7 @@ pub struct TcpEvent {
     pub ttl: Option<u8>,
     /// TCP flags of the segment ([`TcpEventKind::SegmentTtl`]).
     pub tcp_flags: Option<u8>,
-    /// Bytes sent or received ([`TcpEventKind::IdleSend`], [`TcpEventKind::ReplyAfterIdle`]).
+    /// Bytes received ([`TcpEventKind::ReplyAfterIdle`]).
     pub bytes: Option<i32>,
     /// The socket's user, when the event ran in its process context.
     pub task: Option<Task>,
@@ -306,8 +306,7 @@ impl DecodeContext {
             retransmits: has_tcp.then_some(raw.retransmits),
             ttl: (kind == TcpEventKind::SegmentTtl).then_some(raw.ttl),
             tcp_flags: (kind == TcpEventKind::SegmentTtl).then_some(raw.tcp_flags),
-            bytes: matches!(kind, TcpEventKind::IdleSend | TcpEventKind::ReplyAfterIdle)
-                .then_some(raw.bytes),
+            bytes: (kind == TcpEventKind::ReplyAfterIdle).then_some(raw.bytes),
             task: None,
         };
         if runs_in_process_context(&event) && raw.pid != 0 {

@@ -1,3 +1,8 @@
-//! Everything that talks to the kernel: BTF, hooks, loading and attaching, the ring buffer.
+//! Everything that talks to the kernel: BTF, hook selection, loading and attaching, the ring
+//! buffer.
 
 pub mod btf;
+pub mod hooks;
+pub mod hz;
+pub mod kallsyms;
+pub mod observer;

@@ -1,0 +1,282 @@
+//! Loading the eBPF object, attaching its hooks, and reading the ring buffer.
+
+use std::{
+    fs::File,
+    io,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
+};
+use keepalive_common::{CONFIG_GLOBAL, EVENTS_MAP, LOST_MAP, ProbeConfig};
+use tokio::io::{Interest, unix::AsyncFd};
+
+use super::{
+    btf::{BtfError, KernelBtf, VMLINUX_BTF},
+    hooks::{Hook, HookOutcome, SIGNALS},
+    hz::{HzError, kernel_hz},
+    kallsyms::symbol_address,
+};
+use crate::event::DecodeContext;
+
+/// The compiled eBPF object, built by build.rs with aya-build.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/keepalive"));
+
+/// Errors bringing the observer up.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The process lacks the privileges to load eBPF programs.
+    #[error(
+        "keepalive-observer needs root (or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN) to load eBPF \
+         programs; run it with sudo or `cargo xtask run`"
+    )]
+    NotPrivileged,
+    /// The kernel's BTF is missing or unusable.
+    #[error(transparent)]
+    Btf(#[from] BtfError),
+    /// The kernel's HZ is unknown.
+    #[error(transparent)]
+    Hz(#[from] HzError),
+    /// The kernel refused the object (maps or programs).
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    /// aya could not read the kernel BTF for attaching tracepoints.
+    #[error("reading kernel BTF for attaching: {0}")]
+    AttachBtf(#[from] aya::BtfError),
+    /// A required signal has no hook that attaches on this kernel.
+    #[error("required signal \"{signal}\" unavailable: {hook}: {why}")]
+    RequiredHook {
+        /// The signal.
+        signal: &'static str,
+        /// The hook that was tried last.
+        hook: String,
+        /// Why it failed.
+        why: String,
+    },
+    /// A map the object must contain is missing (a build mismatch).
+    #[error("the eBPF object has no map {0}")]
+    MissingMap(&'static str),
+    /// A map has the wrong type (a build mismatch).
+    #[error("map {name}: {source}")]
+    Map {
+        /// The map.
+        name: &'static str,
+        /// What aya said.
+        source: aya::maps::MapError,
+    },
+    /// The ring buffer could not be registered with the async runtime.
+    #[error("registering the ring buffer with the runtime: {0}")]
+    Runtime(io::Error),
+}
+
+/// Settings for loading.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// A send after this long without receiving is reported (0 disables the signal).
+    pub idle_floor: Duration,
+    /// The cgroup v2 directory the TTL program is attached to; `None` finds the root.
+    pub cgroup: Option<PathBuf>,
+}
+
+/// The loaded, attached observer. Dropping it detaches every program.
+pub struct Observer {
+    _ebpf: Ebpf,
+    events: AsyncFd<RingBuf<MapData>>,
+    lost: PerCpuArray<MapData, u64>,
+    /// What each signal got.
+    pub hooks: Vec<HookOutcome>,
+    /// What decoding needs to know about this kernel.
+    pub decode: DecodeContext,
+}
+
+impl Observer {
+    /// Loads the object, attaches every hook the kernel offers and fails when a required one
+    /// is missing. Must run inside a tokio runtime (the ring buffer is registered with it).
+    pub fn load(options: &LoadOptions) -> Result<Self, LoadError> {
+        if !privileged() {
+            return Err(LoadError::NotPrivileged);
+        }
+        let kernel = KernelBtf::from_file(VMLINUX_BTF)?;
+        let hz = kernel_hz()?;
+        let keepalive_timer = symbol_address("tcp_keepalive_timer");
+        let config = ProbeConfig {
+            offsets: kernel.kernel_offsets()?,
+            keepalive_timer_fn: *keepalive_timer.as_ref().unwrap_or(&0),
+            sock_keepopen_bit: u32::try_from(kernel.enum_value("sock_flags", "SOCK_KEEPOPEN")?)
+                .unwrap_or(u32::MAX),
+            idle_floor_jiffies: duration_to_jiffies(options.idle_floor, hz),
+        };
+        let mut ebpf = EbpfLoader::new()
+            .override_global(CONFIG_GLOBAL, &config, true)
+            .load(EBPF_OBJECT)?;
+        let btf = Btf::from_sys_fs()?;
+        let cgroup = options.cgroup.clone().or_else(cgroup2_root);
+        let mut hooks = Vec::new();
+        for signal in SIGNALS {
+            let mut outcome = Err("no hook for this kernel".to_owned());
+            let mut label = String::new();
+            for hook in signal.hooks {
+                label = hook.label();
+                outcome = if signal.name == "keepalive timer" {
+                    keepalive_timer
+                        .as_ref()
+                        .map_err(ToString::to_string)
+                        .and_then(|_| attach(&mut ebpf, hook, &kernel, &btf, cgroup.as_deref()))
+                } else {
+                    attach(&mut ebpf, hook, &kernel, &btf, cgroup.as_deref())
+                };
+                if outcome.is_ok() {
+                    break;
+                }
+            }
+            if let (true, Err(why)) = (signal.required, &outcome) {
+                return Err(LoadError::RequiredHook {
+                    signal: signal.name,
+                    hook: label,
+                    why: why.clone(),
+                });
+            }
+            hooks.push(HookOutcome {
+                signal: signal.name,
+                hook: label,
+                attached: outcome,
+                without_it: signal.without_it,
+            });
+        }
+        let events = ebpf
+            .take_map(EVENTS_MAP)
+            .ok_or(LoadError::MissingMap(EVENTS_MAP))?;
+        let events = RingBuf::try_from(events).map_err(|source| LoadError::Map {
+            name: EVENTS_MAP,
+            source,
+        })?;
+        let lost = ebpf
+            .take_map(LOST_MAP)
+            .ok_or(LoadError::MissingMap(LOST_MAP))?;
+        let lost = PerCpuArray::try_from(lost).map_err(|source| LoadError::Map {
+            name: LOST_MAP,
+            source,
+        })?;
+        // SAFETY: the ring buffer owns its map's file descriptor and keeps it open, unchanged,
+        // for as long as it lives, which is as long as the AsyncFd that owns it.
+        let events = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
+            .map_err(|e| LoadError::Runtime(e.into()))?;
+        Ok(Self {
+            _ebpf: ebpf,
+            events,
+            lost,
+            hooks,
+            decode: DecodeContext {
+                hz,
+                reset_reasons: kernel.reset_reasons(),
+            },
+        })
+    }
+
+    /// Waits until records are available, then hands each one's bytes to `each`.
+    pub async fn next_batch(&mut self, mut each: impl FnMut(&[u8])) -> io::Result<()> {
+        let mut guard = self.events.readable_mut().await?;
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            each(&item);
+        }
+        guard.clear_ready();
+        Ok(())
+    }
+
+    /// Events the kernel could not put into the ring buffer, summed over CPUs.
+    pub fn lost_events(&self) -> u64 {
+        self.lost
+            .get(&0, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
+    }
+}
+
+fn attach(
+    ebpf: &mut Ebpf,
+    hook: &Hook,
+    kernel: &KernelBtf,
+    btf: &Btf,
+    cgroup: Option<&Path>,
+) -> Result<(), String> {
+    let program = ebpf
+        .program_mut(hook.program())
+        .ok_or_else(|| format!("program {} missing from the eBPF object", hook.program()))?;
+    match hook {
+        Hook::BtfTracepoint { tracepoint, .. } => {
+            if !kernel.has_btf_tracepoint(tracepoint) {
+                return Err(format!("this kernel has no tracepoint {tracepoint}"));
+            }
+            let program: &mut BtfTracePoint = program.try_into().map_err(|e| format!("{e}"))?;
+            program
+                .load(tracepoint, btf)
+                .map_err(|e| verifier_error(&e))?;
+            program.attach().map_err(|e| format!("attach: {e}"))?;
+        }
+        Hook::CgroupSkbIngress { .. } => {
+            let path = cgroup.ok_or("no cgroup v2 hierarchy is mounted")?;
+            let dir = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let program: &mut CgroupSkb = program.try_into().map_err(|e| format!("{e}"))?;
+            program.load().map_err(|e| verifier_error(&e))?;
+            program
+                .attach(&dir, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single)
+                .map_err(|e| format!("attach to {}: {e}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The verifier's log is long; its last lines say what was rejected.
+fn verifier_error(error: &aya::programs::ProgramError) -> String {
+    let text = format!("{error:#}");
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(3)..].join(" | ")
+}
+
+/// The mount point of the cgroup v2 hierarchy (`/sys/fs/cgroup` or, on hybrid setups,
+/// `/sys/fs/cgroup/unified`).
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (_source, target, fstype) = (fields.next()?, fields.next()?, fields.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(target))
+    })
+}
+
+fn duration_to_jiffies(duration: Duration, hz: u32) -> u32 {
+    u32::try_from(duration.as_millis() * u128::from(hz) / 1000).unwrap_or(u32::MAX)
+}
+
+/// Root, or the capabilities loading and attaching need (CAP_BPF 39, CAP_PERFMON 38,
+/// CAP_NET_ADMIN 12) in the effective set.
+fn privileged() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    [39, 38, 12].iter().all(|bit| effective & (1 << bit) != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jiffies_follow_hz() {
+        assert_eq!(duration_to_jiffies(Duration::from_secs(1), 250), 250);
+        assert_eq!(duration_to_jiffies(Duration::from_millis(1500), 1000), 1500);
+        assert_eq!(duration_to_jiffies(Duration::ZERO, 250), 0);
+    }
+}
