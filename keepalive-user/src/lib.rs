@@ -4,3 +4,4 @@
 pub mod correlate;
 pub mod event;
 pub mod kernel;
+pub mod sink;
