@@ -1,0 +1,116 @@
+//! Command-line interface.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Attributes every TCP reset on this host to a local close, a peer RST or a silent middlebox
+/// drop, with the idle time, keepalive settings and what to change.
+#[derive(Debug, Parser)]
+#[command(name = "keepalive-observer", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do; without a subcommand the daemon observes this host.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Options of the live daemon.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a recording (from `--record`) through the correlator again and print its findings.
+    Replay {
+        /// The recording.
+        file: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// Print the recorded events too, not only the findings.
+        #[arg(long)]
+        events: bool,
+    },
+}
+
+/// Options of the live daemon.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Output format on stdout.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Send events and findings to journald (`auto`: when its socket exists).
+    #[arg(long, value_enum, default_value_t = Journald::Auto)]
+    pub journald: Journald,
+    /// Report a send after at least this many seconds without traffic (feeds the learned idle
+    /// timeout); 0 turns the signal off.
+    #[arg(long, value_name = "SECONDS", default_value = "1", value_parser = parse_seconds)]
+    pub idle_floor: Duration,
+    /// Without a learned timeout, an RST after at least this many seconds idle is blamed on
+    /// an idle-expiring middlebox.
+    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_seconds)]
+    pub idle_expiry_floor: Duration,
+    /// Print findings only, not every kernel event.
+    #[arg(long)]
+    pub findings_only: bool,
+    /// Also write every raw event to this file, for `replay`.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+    /// Attach the TTL program to this cgroup v2 directory instead of the hierarchy's root.
+    #[arg(long, value_name = "DIR")]
+    pub cgroup: Option<PathBuf>,
+    /// Print lost-event totals this often (seconds; 0: only at exit).
+    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
+    pub stats_interval: Duration,
+}
+
+/// Output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// One readable line per record.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Whether to log to journald.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Journald {
+    /// When /run/systemd/journal/socket exists.
+    Auto,
+    /// Always; fail when the journal is not running.
+    On,
+    /// Never.
+    Off,
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("`{text}` is not a valid duration"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_parse_and_reject_nonsense() {
+        assert_eq!(parse_seconds("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_seconds("0"), Ok(Duration::ZERO));
+        assert!(parse_seconds("-1").is_err());
+        assert!(parse_seconds("soon").unwrap_err().contains("soon"));
+    }
+
+    #[test]
+    fn defaults_and_subcommands_parse() {
+        let cli = Cli::try_parse_from(["keepalive-observer", "--format", "json"]).unwrap();
+        assert_eq!(cli.run.format, Format::Json);
+        assert_eq!(cli.run.journald, Journald::Auto);
+        assert!(cli.command.is_none());
+        let cli = Cli::try_parse_from(["keepalive-observer", "replay", "x.jsonl"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Replay { .. })));
+        assert!(Cli::try_parse_from(["keepalive-observer", "--format", "xml"]).is_err());
+    }
+}
