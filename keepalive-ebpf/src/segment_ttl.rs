@@ -38,7 +38,11 @@ pub fn segment_ttl(ctx: SkBuffContext) -> i32 {
             if data + IPV6_HEADER > end || unsafe { *((data + 6) as *const u8) } != IPPROTO_TCP {
                 return 1;
             }
-            (data + IPV6_HEADER, unsafe { *((data + 7) as *const u8) }, 10u8)
+            (
+                data + IPV6_HEADER,
+                unsafe { *((data + 7) as *const u8) },
+                10u8,
+            )
         }
         _ => return 1,
     };

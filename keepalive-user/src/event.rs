@@ -379,12 +379,14 @@ fn runs_in_process_context(event: &TcpEvent) -> bool {
             (event.old_state, event.new_state),
             (Close, SynSent) | (Established, FinWait1) | (CloseWait, LastAck)
         ),
-        TcpEventKind::ResetSent => event.cookie != 0
-            && event
-                .reason
-                .as_ref()
-                .and_then(|r| r.name.as_deref())
-                .is_some_and(|name| PROCESS_CONTEXT_REASONS.contains(&name)),
+        TcpEventKind::ResetSent => {
+            event.cookie != 0
+                && event
+                    .reason
+                    .as_ref()
+                    .and_then(|r| r.name.as_deref())
+                    .is_some_and(|name| PROCESS_CONTEXT_REASONS.contains(&name))
+        }
         _ => false,
     }
 }

@@ -114,7 +114,10 @@ impl KernelBtf {
         };
         for name in path.split('.') {
             let found = self.find_member(ty, name).ok_or_else(no_member)?;
-            ty = self.btf.get_type_by_id(found.type_id).map_err(|_| no_member())?;
+            ty = self
+                .btf
+                .get_type_by_id(found.type_id)
+                .map_err(|_| no_member())?;
             layout = MemberLayout {
                 bit_offset: layout.bit_offset + found.bit_offset,
                 bits: found.bitfield_bits.unwrap_or(ty.bits),
@@ -149,21 +152,23 @@ impl KernelBtf {
             return None;
         };
         // The parser reports an anonymous member's name as `None` or as an empty string.
-        s.members.iter().find_map(|m| match m.name.as_deref().filter(|n| !n.is_empty()) {
-            Some(n) if n == name => Some(FoundMember {
-                bit_offset: m.offset,
-                type_id: m.type_id,
-                bitfield_bits: m.bits.filter(|&b| b != 0),
-            }),
-            Some(_) => None,
-            None => {
-                let anonymous = self.btf.get_type_by_id(m.type_id).ok()?;
-                self.find_member(anonymous, name).map(|inner| FoundMember {
-                    bit_offset: m.offset + inner.bit_offset,
-                    ..inner
-                })
-            }
-        })
+        s.members
+            .iter()
+            .find_map(|m| match m.name.as_deref().filter(|n| !n.is_empty()) {
+                Some(n) if n == name => Some(FoundMember {
+                    bit_offset: m.offset,
+                    type_id: m.type_id,
+                    bitfield_bits: m.bits.filter(|&b| b != 0),
+                }),
+                Some(_) => None,
+                None => {
+                    let anonymous = self.btf.get_type_by_id(m.type_id).ok()?;
+                    self.find_member(anonymous, name).map(|inner| FoundMember {
+                        bit_offset: m.offset + inner.bit_offset,
+                        ..inner
+                    })
+                }
+            })
     }
 
     /// All enumerators of `enum name`.
@@ -209,7 +214,10 @@ impl KernelBtf {
             .into_iter()
             .filter_map(|(name, value)| {
                 let value = u32::try_from(value).ok()?;
-                let name = name.strip_prefix("SK_RST_REASON_").unwrap_or(&name).to_owned();
+                let name = name
+                    .strip_prefix("SK_RST_REASON_")
+                    .unwrap_or(&name)
+                    .to_owned();
                 Some((value, name))
             })
             .collect()
@@ -280,7 +288,8 @@ mod tests {
         assert_eq!(offsets.skc_rcv_saddr, 4);
         // Offsets measured with clang's offsetof against this project's machines' 6.18
         // kernel (DESIGN.md §3); other kernels only need them to be inside the structs.
-        if std::fs::read_to_string("/proc/sys/kernel/osrelease").is_ok_and(|r| r.starts_with("6.18"))
+        if std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .is_ok_and(|r| r.starts_with("6.18"))
         {
             assert_eq!(offsets.sk_timer, 448);
             assert_eq!(offsets.lsndtime, 1584);
@@ -295,10 +304,22 @@ mod tests {
     fn missing_things_are_named_in_errors() {
         let Some(btf) = kernel() else { return };
         let err = btf.member("sock", "no_such_member").unwrap_err();
-        assert_eq!(err.to_string(), "kernel BTF: struct sock has no member no_such_member");
-        let err = btf.byte_offset("tcp_sock", "keepalive_probes", 4).unwrap_err();
-        assert!(err.to_string().contains("expected a byte-aligned 4-byte field"), "{err}");
-        assert!(matches!(btf.member("no_such_struct", "x"), Err(BtfError::NoStruct(_))));
+        assert_eq!(
+            err.to_string(),
+            "kernel BTF: struct sock has no member no_such_member"
+        );
+        let err = btf
+            .byte_offset("tcp_sock", "keepalive_probes", 4)
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("expected a byte-aligned 4-byte field"),
+            "{err}"
+        );
+        assert!(matches!(
+            btf.member("no_such_struct", "x"),
+            Err(BtfError::NoStruct(_))
+        ));
     }
 
     #[test]
@@ -306,7 +327,10 @@ mod tests {
         let Some(btf) = kernel() else { return };
         let reasons = btf.reset_reasons();
         assert!(reasons.values().any(|n| n == "NO_SOCKET"), "{reasons:?}");
-        assert!(reasons.values().any(|n| n == "TCP_KEEPALIVE_TIMEOUT"), "{reasons:?}");
+        assert!(
+            reasons.values().any(|n| n == "TCP_KEEPALIVE_TIMEOUT"),
+            "{reasons:?}"
+        );
         assert!(btf.has_btf_tracepoint("inet_sock_set_state"));
         assert!(!btf.has_btf_tracepoint("no_such_tracepoint"));
         assert!(btf.enum_value("sock_flags", "SOCK_KEEPOPEN").is_ok());

@@ -24,7 +24,10 @@ pub fn kernel_hz() -> Result<u32, HzError> {
     let mut looked = Vec::new();
     for path in ["/proc/config.gz", boot_config.as_str()] {
         looked.push(path.to_owned());
-        if let Some(hz) = read_config(Path::new(path)).as_deref().and_then(parse_config_hz) {
+        if let Some(hz) = read_config(Path::new(path))
+            .as_deref()
+            .and_then(parse_config_hz)
+        {
             return Ok(hz);
         }
     }
@@ -61,7 +64,8 @@ mod tests {
 
     #[test]
     fn parses_the_hz_line_only() {
-        let config = "CONFIG_HZ_250=y\n# CONFIG_HZ_1000 is not set\nCONFIG_HZ=250\nCONFIG_HZ_PERIODIC=n\n";
+        let config =
+            "CONFIG_HZ_250=y\n# CONFIG_HZ_1000 is not set\nCONFIG_HZ=250\nCONFIG_HZ_PERIODIC=n\n";
         assert_eq!(parse_config_hz(config), Some(250));
         assert_eq!(parse_config_hz("CONFIG_HZ_250=y\n"), None);
         assert_eq!(parse_config_hz("CONFIG_HZ=0\n"), None);

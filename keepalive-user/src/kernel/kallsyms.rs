@@ -50,9 +50,18 @@ mod tests {
         let text = "ffffffff81000000 T _stext\n\
                     ffffffff81a2b3c0 t tcp_keepalive_timer\n\
                     ffffffff82000000 d tcp_keepalive_timer_data\n";
-        assert_eq!(find_symbol(text, "tcp_keepalive_timer").unwrap(), 0xffffffff81a2b3c0);
-        assert!(matches!(find_symbol(text, "nope"), Err(KallsymsError::Missing(_))));
+        assert_eq!(
+            find_symbol(text, "tcp_keepalive_timer").unwrap(),
+            0xffffffff81a2b3c0
+        );
+        assert!(matches!(
+            find_symbol(text, "nope"),
+            Err(KallsymsError::Missing(_))
+        ));
         let hidden = "0000000000000000 t tcp_keepalive_timer\n";
-        assert!(matches!(find_symbol(hidden, "tcp_keepalive_timer"), Err(KallsymsError::Hidden(_))));
+        assert!(matches!(
+            find_symbol(hidden, "tcp_keepalive_timer"),
+            Err(KallsymsError::Hidden(_))
+        ));
     }
 }
