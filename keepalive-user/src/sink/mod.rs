@@ -231,7 +231,7 @@ pub(crate) mod testdata {
     use std::net::SocketAddr;
 
     use crate::{
-        correlate::{Confidence, Finding, FindingKind, KeepaliveSummary, Verdict},
+        correlate::Finding,
         event::{KeepaliveState, ResetReason, Task, TcpEvent, TcpEventKind, TcpState},
     };
 
@@ -284,36 +284,35 @@ pub(crate) mod testdata {
         }
     }
 
+    /// Built through serde so optional fields added to [`Finding`] need no change here.
     pub fn finding() -> Finding {
-        Finding {
-            mono_ns: MONO_NS,
-            verdict: Verdict::MiddleboxDrop,
-            kind: FindingKind::IdleExpiryRst,
-            confidence: Confidence::Likely,
-            cookie: 77,
-            netns: 4_026_531_840,
-            local: addr("[fd6b:a1::2]:41234"),
-            remote: addr("[fd6b:a1::1]:80"),
-            pid: Some(4321),
-            comm: Some("java".into()),
-            idle_ms: Some(1_805_000),
-            keepalive: Some(KeepaliveSummary {
-                enabled: false,
-                idle_s: 7200,
-                interval_s: 75,
-                count: 9,
-                probes_sent: 0,
-            }),
-            rst_ttl: Some(64),
-            peer_ttl: Some(63),
-            reason: None,
-            timeout_window_ms: Some((1_790_000, 1_805_000)),
-            evidence: vec![
-                "RST received after 1805 s idle".into(),
-                "RST TTL 64, peer TTL 63".into(),
-            ],
-            advice: "enable TCP keepalive with idle < 1790 s".into(),
-        }
+        serde_json::from_value(serde_json::json!({
+            "mono_ns": MONO_NS,
+            "verdict": "middlebox_drop",
+            "kind": "idle_expiry_rst",
+            "confidence": "likely",
+            "cookie": 77,
+            "netns": 4_026_531_840_u32,
+            "local": "[fd6b:a1::2]:41234",
+            "remote": "[fd6b:a1::1]:80",
+            "pid": 4321,
+            "comm": "java",
+            "idle_ms": 1_805_000,
+            "keepalive": {
+                "enabled": false,
+                "idle_s": 7200,
+                "interval_s": 75,
+                "count": 9,
+                "probes_sent": 0
+            },
+            "rst_ttl": 64,
+            "peer_ttl": 63,
+            "reason": null,
+            "timeout_window_ms": [1_790_000, 1_805_000],
+            "evidence": ["RST received after 1805 s idle", "RST TTL 64, peer TTL 63"],
+            "advice": "enable TCP keepalive with idle < 1790 s"
+        }))
+        .expect("test finding")
     }
 
     pub fn report() -> StartupReport {
