@@ -199,8 +199,10 @@ pub struct KernelOffsets {
     pub skc_rcv_saddr: u32,
     /// `sock.__sk_common.skc_dport` (be16).
     pub skc_dport: u32,
-    /// `sock.__sk_common.skc_num` (u16, host order).
+    /// `sock.__sk_common.skc_num` (u16, host order; zeroed when a closing socket is unhashed).
     pub skc_num: u32,
+    /// `inet_sock.inet_sport` (be16; kept after close, unlike `skc_num`).
+    pub inet_sport: u32,
     /// `sock.__sk_common.skc_v6_daddr` (16 bytes).
     pub skc_v6_daddr: u32,
     /// `sock.__sk_common.skc_v6_rcv_saddr` (16 bytes).
@@ -243,8 +245,6 @@ pub struct KernelOffsets {
     pub skb_network_header: u32,
     /// `sk_buff.transport_header` (u16 offset from head).
     pub skb_transport_header: u32,
-    /// Explicit padding to a multiple of 8 bytes, always zero.
-    pub _pad: u32,
 }
 
 /// Everything the programs need to know about the running kernel and the daemon's settings.
@@ -313,8 +313,8 @@ mod tests {
         assert_eq!(size_of::<Event>(), 128);
         assert_eq!(align_of::<Event>(), 8);
         // An even number of u32 offsets keeps the u64 after them aligned without padding.
-        assert_eq!(size_of::<KernelOffsets>(), 27 * 4 + 4);
-        assert_eq!(size_of::<ProbeConfig>(), 27 * 4 + 4 + 8 + 4 + 4);
+        assert_eq!(size_of::<KernelOffsets>(), 28 * 4);
+        assert_eq!(size_of::<ProbeConfig>(), 28 * 4 + 8 + 4 + 4);
     }
 
     #[test]

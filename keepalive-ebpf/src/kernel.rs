@@ -58,9 +58,15 @@ pub fn fill_from_sock(event: &mut Event, sk: *const u8) {
         event.local_addr[..4].copy_from_slice(&local);
         event.remote_addr[..4].copy_from_slice(&remote);
     }
-    event.local_port = read(sk, o.skc_num);
     event.remote_port = u16::from_be(read(sk, o.skc_dport));
     let state: u8 = read(sk, o.skc_state);
+    // A full socket keeps its port in inet_sport after close unhashes it (skc_num reads 0
+    // by then, e.g. when the RST of an abortive close is sent); mini sockets only have skc_num.
+    event.local_port = if state == tcp_state::TIME_WAIT || state == tcp_state::NEW_SYN_RECV {
+        read(sk, o.skc_num)
+    } else {
+        u16::from_be(read(sk, o.inet_sport))
+    };
     event.old_state = state;
     event.new_state = state;
     let net: u64 = read(sk, o.skc_net);

@@ -33,6 +33,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             args.stats_interval,
         )
     });
+    let mut journal_failures: u64 = 0;
     loop {
         let mut print_stats = false;
         tokio::select! {
@@ -46,6 +47,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         match pipeline.take_error() {
             None => {}
             Some(SinkError::StdoutClosed) => break,
+            // The journal restarting must not stop the observer: stdout still has the record.
+            Some(SinkError::JournalSend(error)) => {
+                journal_failures += 1;
+                if journal_failures.is_power_of_two() {
+                    tracing::warn!("journald did not take {journal_failures} record(s): {error}");
+                }
+            }
             Some(error) => return Err(error.into()),
         }
         if print_stats {
@@ -82,7 +90,10 @@ pub fn open_sinks(
     };
     let journal = match journald {
         Journald::Off => None,
-        Journald::Auto => JournaldSink::open(clock)?,
+        Journald::Auto => JournaldSink::open(clock).unwrap_or_else(|error| {
+            tracing::warn!("not logging to journald: {error}");
+            None
+        }),
         Journald::On => Some(JournaldSink::open(clock)?.context(
             "--journald on, but the journal is not running (no /run/systemd/journal/socket)",
         )?),

@@ -34,7 +34,8 @@ impl Pipeline {
     }
 
     /// One raw ring-buffer record. Errors are kept for [`Pipeline::take_error`]: this runs
-    /// inside the ring buffer's drain loop, which cannot stop half-way.
+    /// inside the ring buffer's drain loop, which cannot stop half-way. Records keep flowing
+    /// after a journal error (stdout still gets them) and stop only when stdout is closed.
     pub fn on_record(&mut self, bytes: &[u8]) {
         match self.decode.decode(bytes) {
             Ok(event) => self.on_event(&event),
@@ -47,20 +48,28 @@ impl Pipeline {
 
     /// One decoded event.
     pub fn on_event(&mut self, event: &TcpEvent) {
-        if self.failed.is_some() {
+        if matches!(self.failed, Some(SinkError::StdoutClosed)) {
             return;
         }
         if self.print_events {
             self.loss.count_event(event.kind);
-            if let Err(error) = self.sinks.event(event) {
-                self.failed = Some(error);
-            }
+            let written = self.sinks.event(event);
+            self.keep_error(written);
         }
     }
 
     /// Writes the totals.
     pub fn stats(&mut self) -> Result<(), SinkError> {
         self.sinks.stats(&self.loss)
+    }
+
+    /// Keeps the first error; a closed stdout outranks any other, since it stops the daemon.
+    fn keep_error(&mut self, result: Result<(), SinkError>) {
+        if let Err(error) = result
+            && (self.failed.is_none() || matches!(error, SinkError::StdoutClosed))
+        {
+            self.failed = Some(error);
+        }
     }
 
     /// The first output error since the last call.

@@ -235,6 +235,7 @@ impl KernelBtf {
             skc_rcv_saddr: sock("__sk_common.skc_rcv_saddr", 4)?,
             skc_dport: sock("__sk_common.skc_dport", 2)?,
             skc_num: sock("__sk_common.skc_num", 2)?,
+            inet_sport: self.byte_offset("inet_sock", "inet_sport", 2)?,
             skc_v6_daddr: sock("__sk_common.skc_v6_daddr", 16)?,
             skc_v6_rcv_saddr: sock("__sk_common.skc_v6_rcv_saddr", 16)?,
             skc_net: sock("__sk_common.skc_net", 8)?,
@@ -256,7 +257,6 @@ impl KernelBtf {
             skb_head: skb("head", 8)?,
             skb_network_header: skb("network_header", 2)?,
             skb_transport_header: skb("transport_header", 2)?,
-            _pad: 0,
         })
     }
 }

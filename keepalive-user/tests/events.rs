@@ -1,0 +1,217 @@
+//! Privileged: load the real programs, make real resets and keepalive expiries happen, and
+//! check the daemon's JSON events (tuple, reason name, idle time, keepalive settings, process).
+
+mod common;
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    time::{Duration, Instant},
+};
+
+use common::{Daemon, is_event, privileged};
+use keepalive_lab::{Keepalive, Netns, in_netns, set_keepalive, set_linger_abort};
+
+/// How far an idle time measured by the kernel (in jiffies, HZ 100 to 1000) may stray from
+/// the sleep that made it: one jiffy at HZ 100, plus scheduling slack.
+const IDLE_TOLERANCE_MS: u64 = 150;
+const WAIT: Duration = Duration::from_secs(10);
+
+fn loopback_pair() -> (TcpStream, TcpStream, SocketAddr, SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let client = TcpStream::connect(listener.local_addr().unwrap()).expect("connect");
+    let (server, _) = listener.accept().expect("accept");
+    let client_addr = client.local_addr().unwrap();
+    let server_addr = server.local_addr().unwrap();
+    (client, server, client_addr, server_addr)
+}
+
+fn comm() -> String {
+    std::fs::read_to_string("/proc/thread-self/comm")
+        .expect("read comm")
+        .trim()
+        .to_owned()
+}
+
+fn assert_idle_near(value: &serde_json::Value, field: &str, slept: Duration) {
+    let idle = value[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{field} missing: {value}"));
+    let slept = u64::try_from(slept.as_millis()).unwrap();
+    assert!(
+        idle + IDLE_TOLERANCE_MS >= slept && idle <= slept + IDLE_TOLERANCE_MS,
+        "{field} {idle} ms, slept {slept} ms (±{IDLE_TOLERANCE_MS} ms): {value}"
+    );
+}
+
+#[test]
+fn connect_to_a_closed_port_is_answered_with_a_no_socket_reset() {
+    if !privileged("connect_to_a_closed_port_is_answered_with_a_no_socket_reset") {
+        return;
+    }
+    let mut daemon = Daemon::start(&[]);
+    // Bind and drop a listener to get a port nobody listens on.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let error = TcpStream::connect(closed).expect_err("nobody listens there");
+    assert_eq!(error.kind(), std::io::ErrorKind::ConnectionRefused);
+    let reset = daemon.wait_for("the NO_SOCKET reset", WAIT, |v| {
+        v["event"] == "reset_sent" && v["reason"] == "NO_SOCKET" && v["local"] == closed.to_string()
+    });
+    assert_eq!(reset["cookie"], 0, "no socket owns the segment: {reset}");
+    let client = reset["remote"].as_str().unwrap().to_owned();
+    let refused = daemon.wait_for("ECONNREFUSED on the client", WAIT, |v| {
+        v["event"] == "socket_error" && v["sk_err"] == 111 && v["remote"] == closed.to_string()
+    });
+    assert_ne!(refused["cookie"], 0);
+    daemon.wait_for("the client's RST", WAIT, |v| {
+        is_event(v, "reset_received", &client, &closed.to_string()) && v["old_state"] == "SYN_SENT"
+    });
+}
+
+#[test]
+fn linger_zero_close_sends_a_reset_from_the_closing_process() {
+    if !privileged("linger_zero_close_sends_a_reset_from_the_closing_process") {
+        return;
+    }
+    let mut daemon = Daemon::start(&[]);
+    let (client, mut server, client_addr, server_addr) = loopback_pair();
+    set_keepalive(
+        &client,
+        Some(Keepalive {
+            idle_secs: 7,
+            interval_secs: 3,
+            count: 4,
+        }),
+    )
+    .unwrap();
+    let slept = Duration::from_millis(1200);
+    std::thread::sleep(slept);
+    set_linger_abort(&client).unwrap();
+    drop(client);
+    let mut buf = [0u8; 1];
+    let error = server.read(&mut buf).expect_err("the peer aborted");
+    assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset);
+
+    let (local, remote) = (client_addr.to_string(), server_addr.to_string());
+    let sent = daemon.wait_for("the linger-0 RST", WAIT, |v| {
+        is_event(v, "reset_sent", &local, &remote)
+    });
+    // 6.18 sends it from tcp_disconnect: the reason is TCP_STATE, not TCP_ABORT_ON_LINGER.
+    assert!(
+        ["TCP_STATE", "TCP_ABORT_ON_LINGER"].contains(&sent["reason"].as_str().unwrap()),
+        "{sent}"
+    );
+    assert_eq!(sent["pid"], std::process::id());
+    assert_eq!(sent["comm"], comm());
+    assert_idle_near(&sent, "idle_rx_ms", slept);
+    assert_eq!(sent["keepalive"]["enabled"], true);
+    assert_eq!(sent["keepalive"]["idle_ms"], 7000);
+    assert_eq!(sent["keepalive"]["interval_ms"], 3000);
+    assert_eq!(sent["keepalive"]["count"], 4);
+
+    let received = daemon.wait_for("the server's RST", WAIT, |v| {
+        is_event(v, "reset_received", &remote, &local)
+    });
+    assert_idle_near(&received, "idle_rx_ms", slept);
+    assert_eq!(received["keepalive"]["enabled"], false);
+    daemon.wait_for("ECONNRESET on the server", WAIT, |v| {
+        v["event"] == "socket_error" && v["sk_err"] == 104 && v["remote"] == local
+    });
+}
+
+#[test]
+fn closing_with_unread_data_aborts_the_connection() {
+    if !privileged("closing_with_unread_data_aborts_the_connection") {
+        return;
+    }
+    let mut daemon = Daemon::start(&[]);
+    let (mut client, server, client_addr, server_addr) = loopback_pair();
+    client.write_all(b"unread request").unwrap();
+    // Wait until the data sits in the server's receive queue, without reading it.
+    let deadline = Instant::now() + WAIT;
+    let mut peek = [0u8; 1];
+    while server.peek(&mut peek).unwrap() == 0 {
+        assert!(Instant::now() < deadline, "data never arrived");
+    }
+    drop(server);
+    let (local, remote) = (server_addr.to_string(), client_addr.to_string());
+    let sent = daemon.wait_for("the abort-on-close RST", WAIT, |v| {
+        is_event(v, "reset_sent", &local, &remote)
+    });
+    assert_eq!(sent["reason"], "TCP_ABORT_ON_CLOSE", "{sent}");
+    assert_eq!(sent["pid"], std::process::id());
+    client.shutdown(Shutdown::Both).ok();
+}
+
+#[test]
+fn unanswered_keepalive_probes_end_in_a_keepalive_timeout_reset() {
+    if !privileged("unanswered_keepalive_probes_end_in_a_keepalive_timeout_reset") {
+        return;
+    }
+    let mut daemon = Daemon::start(&[]);
+    let netns = Netns::create("katimeout").expect("create netns");
+    let inode = netns.inode().unwrap();
+    let listener = in_netns(&netns, || TcpListener::bind("127.0.0.1:0"))
+        .unwrap()
+        .expect("bind in netns");
+    let server_addr = listener.local_addr().unwrap();
+    let client = in_netns(&netns, || TcpStream::connect(server_addr))
+        .unwrap()
+        .expect("connect in netns");
+    let (_server, _) = listener.accept().unwrap();
+    let client_addr = client.local_addr().unwrap();
+    set_keepalive(
+        &client,
+        Some(Keepalive {
+            idle_secs: 1,
+            interval_secs: 1,
+            count: 2,
+        }),
+    )
+    .unwrap();
+    // From now on the server's answers (probe ACKs) vanish.
+    netns
+        .nft(&format!(
+            "table inet kao {{\n chain out {{\n  type filter hook output priority 0;\n  \
+             tcp sport {} drop\n }}\n}}\n",
+            server_addr.port()
+        ))
+        .expect("nft drop rule");
+    let (local, remote) = (client_addr.to_string(), server_addr.to_string());
+    let reset = daemon.wait_for("the keepalive-timeout RST", Duration::from_secs(20), |v| {
+        is_event(v, "reset_sent", &local, &remote)
+    });
+    assert_eq!(reset["reason"], "TCP_KEEPALIVE_TIMEOUT", "{reset}");
+    assert_eq!(reset["netns"], inode);
+    assert_eq!(reset["keepalive"]["count"], 2);
+    let timers = daemon.all(|v| is_event(v, "keepalive_timer", &local, &remote));
+    let probes: Vec<u64> = timers
+        .iter()
+        .map(|t| t["keepalive"]["probes_out"].as_u64().unwrap())
+        .collect();
+    assert!(
+        probes.starts_with(&[0, 1]),
+        "probes before each firing: {probes:?}"
+    );
+    daemon.wait_for("ETIMEDOUT on the client", WAIT, |v| {
+        v["event"] == "socket_error" && v["sk_err"] == 110 && v["remote"] == remote
+    });
+}
+
+#[test]
+fn sigint_detaches_and_prints_totals() {
+    if !privileged("sigint_detaches_and_prints_totals") {
+        return;
+    }
+    let daemon = Daemon::start(&[]);
+    let (status, rest) = daemon.stop();
+    assert!(status.success(), "exit status {status}");
+    let stats = rest
+        .iter()
+        .find(|v| v["type"] == "stats")
+        .unwrap_or_else(|| panic!("no stats line at exit: {rest:?}"));
+    assert_eq!(stats["kernel_lost"], 0);
+}
