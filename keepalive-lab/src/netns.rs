@@ -155,7 +155,8 @@ impl Netns {
         .map_err(|(key, source)| self.sysctl_error(key, source))
     }
 
-    /// Deletes the namespace now, reporting failure (dropping it does the same silently).
+    /// Deletes the namespace now and reports failure; dropping it does the same and prints
+    /// failures to standard error.
     pub fn delete(mut self) -> Result<(), LabError> {
         self.deleted = true;
         remove(&self.name)
