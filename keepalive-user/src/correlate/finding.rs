@@ -25,6 +25,10 @@ pub enum FindingKind {
     LingerZero,
     /// Closed with unread data in the receive queue.
     AbortOnClose,
+    /// Closed, then the peer's FIN did not come within the FIN_WAIT2 timeout (`TCP_LINGER2`).
+    AbortOnLinger,
+    /// Closed, then the peer kept sending data.
+    AbortOnData,
     /// Aborted for lack of memory (too many orphans).
     AbortOnMemory,
     /// `shutdown`/`disconnect` with data still queued.
@@ -33,6 +37,10 @@ pub enum FindingKind {
     BadState,
     /// RST in reply to a segment for which this host has no socket.
     NoSocket,
+    /// Destroyed from outside the owning process (`ss -K`, `SOCK_DESTROY`).
+    Destroyed,
+    /// This host aborted the connection and the kernel gave no reason (kernels before 6.10).
+    LocalAbort,
     /// RST whose TTL differs from the peer's handshake TTL: forged by a device on the path.
     ForgedRst,
     /// RST after an idle gap at or above the learned (or default) idle timeout.
@@ -53,7 +61,7 @@ pub enum Confidence {
     Possible,
     /// Most evidence points this way.
     Likely,
-    /// The kernel said so directly.
+    /// The kernel said so directly, or independent signals agree.
     Confirmed,
 }
 

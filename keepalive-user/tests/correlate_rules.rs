@@ -1,0 +1,1137 @@
+//! The correlator's rules, from constructed event streams in the order the kernel emits them.
+
+use std::net::SocketAddr;
+
+use keepalive_common::tcp_flags::{ACK, RST, SYN};
+use keepalive_observer::{
+    correlate::{
+        Confidence, Correlator, CorrelatorConfig, Finding, FindingKind, KeepaliveSummary,
+        KeepaliveSysctls, SysctlError, Verdict, Window,
+    },
+    event::{KeepaliveState, ResetReason, Task, TcpEvent, TcpEventKind, TcpState},
+};
+
+const NETNS: u32 = 4_026_531_840;
+const MS: u64 = 1_000_000;
+const LOCAL: &str = "198.51.100.10:40000";
+const REMOTE: &str = "198.51.100.130:8080";
+const APP_PID: u32 = 4242;
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse().expect("test address")
+}
+
+/// Builds one event: a full TCP socket in ESTABLISHED with keepalive off, unless told otherwise.
+#[derive(Clone)]
+struct B(TcpEvent);
+
+fn ev(kind: TcpEventKind, cookie: u64, at_ms: u64) -> B {
+    B(TcpEvent {
+        mono_ns: at_ms * MS,
+        kind,
+        cookie,
+        netns: NETNS,
+        local: addr(LOCAL),
+        remote: addr(REMOTE),
+        old_state: TcpState::Established,
+        new_state: TcpState::Established,
+        reason: None,
+        sk_err: None,
+        idle_rx_ms: Some(0),
+        idle_tx_ms: Some(0),
+        keepalive: Some(KeepaliveState {
+            enabled: false,
+            idle_ms: None,
+            interval_ms: None,
+            count: None,
+            probes_out: 0,
+        }),
+        retransmits: Some(0),
+        ttl: None,
+        tcp_flags: None,
+        bytes: None,
+        task: None,
+    })
+}
+
+impl B {
+    fn states(mut self, old: TcpState, new: TcpState) -> Self {
+        self.0.old_state = old;
+        self.0.new_state = new;
+        self
+    }
+
+    fn state(self, state: TcpState) -> Self {
+        self.states(state, state)
+    }
+
+    fn reason(mut self, name: &str) -> Self {
+        self.0.reason = Some(ResetReason {
+            raw: 99,
+            name: Some(name.to_owned()),
+        });
+        self
+    }
+
+    fn task(mut self, pid: u32, comm: &str) -> Self {
+        self.0.task = Some(Task {
+            pid,
+            tid: pid,
+            comm: comm.to_owned(),
+        });
+        self
+    }
+
+    fn app(self) -> Self {
+        self.task(APP_PID, "app")
+    }
+
+    fn idle(mut self, ms: u64) -> Self {
+        self.0.idle_rx_ms = Some(ms);
+        self.0.idle_tx_ms = Some(ms);
+        self
+    }
+
+    fn err(mut self, errno: i32) -> Self {
+        self.0.sk_err = Some(errno);
+        self
+    }
+
+    fn keepalive(mut self, idle_s: u64, intvl_s: u64, count: u8, probes_out: u8) -> Self {
+        self.0.keepalive = Some(KeepaliveState {
+            enabled: true,
+            idle_ms: Some(idle_s * 1000),
+            interval_ms: Some(intvl_s * 1000),
+            count: Some(count),
+            probes_out,
+        });
+        self
+    }
+
+    fn ttl(mut self, ttl: u8, flags: u8) -> Self {
+        self.0.ttl = Some(ttl);
+        self.0.tcp_flags = Some(flags);
+        self
+    }
+
+    fn retransmits(mut self, n: u8) -> Self {
+        self.0.retransmits = Some(n);
+        self
+    }
+
+    fn remote(mut self, text: &str) -> Self {
+        self.0.remote = addr(text);
+        self
+    }
+
+    fn local(mut self, text: &str) -> Self {
+        self.0.local = addr(text);
+        self
+    }
+
+    /// No socket, or a mini socket: no TCP fields.
+    fn no_tcp(mut self) -> Self {
+        self.0.idle_rx_ms = None;
+        self.0.idle_tx_ms = None;
+        self.0.keepalive = None;
+        self.0.retransmits = None;
+        self
+    }
+}
+
+use TcpEventKind::*;
+use TcpState::*;
+
+/// A correlator and everything it reported.
+struct Run {
+    c: Correlator,
+    findings: Vec<Finding>,
+}
+
+impl Run {
+    fn new() -> Self {
+        Self::with(CorrelatorConfig::default())
+    }
+
+    fn with(config: CorrelatorConfig) -> Self {
+        Self {
+            c: Correlator::new(config),
+            findings: Vec::new(),
+        }
+    }
+
+    fn feed(&mut self, b: B) -> &mut Self {
+        let found = self.c.on_event(&b.0);
+        self.findings.extend(found);
+        self
+    }
+
+    fn tick(&mut self, at_ms: u64) -> &mut Self {
+        let found = self.c.on_tick(at_ms * MS);
+        self.findings.extend(found);
+        self
+    }
+
+    /// connect() from `app`, the SYN-ACK with the peer's TTL, ESTABLISHED.
+    fn connect(&mut self, cookie: u64, at_ms: u64, peer_ttl: u8) -> &mut Self {
+        self.feed(
+            ev(StateChange, cookie, at_ms)
+                .states(Close, SynSent)
+                .app()
+                .local("198.51.100.10:0"),
+        )
+        .feed(
+            ev(SegmentTtl, cookie, at_ms)
+                .no_tcp()
+                .ttl(peer_ttl, SYN | ACK),
+        )
+        .feed(ev(StateChange, cookie, at_ms).states(SynSent, Established))
+    }
+
+    /// A send after `gap_ms` of idle, answered.
+    fn survive(&mut self, cookie: u64, at_ms: u64, gap_ms: u64) -> &mut Self {
+        self.feed(ev(IdleSend, cookie, at_ms).idle(gap_ms).app())
+            .feed(ev(ReplyAfterIdle, cookie, at_ms + 1).app())
+    }
+
+    /// An RST arriving `idle_ms` after the peer was last heard from, with its TTL if seen,
+    /// and the kernel's CLOSE and ECONNRESET after it.
+    fn rst(&mut self, cookie: u64, at_ms: u64, idle_ms: u64, rst_ttl: Option<u8>) -> &mut Self {
+        if let Some(ttl) = rst_ttl {
+            self.feed(ev(SegmentTtl, cookie, at_ms).no_tcp().ttl(ttl, RST | ACK));
+        }
+        self.feed(ev(ResetReceived, cookie, at_ms).idle(idle_ms))
+            .feed(
+                ev(StateChange, cookie, at_ms)
+                    .states(Established, Close)
+                    .idle(idle_ms),
+            )
+            .feed(ev(SocketError, cookie, at_ms).state(Close).err(104))
+    }
+
+    fn only(&self) -> &Finding {
+        assert_eq!(self.findings.len(), 1, "{:#?}", self.findings);
+        &self.findings[0]
+    }
+}
+
+fn has(finding: &Finding, needle: &str) -> bool {
+    finding.evidence.iter().any(|e| e.contains(needle))
+}
+
+#[test]
+fn linger_zero_close_is_a_local_close_by_the_owner() {
+    let mut run = Run::new();
+    run.connect(1, 0, 63)
+        .feed(ev(StateChange, 1, 5000).states(Established, Close))
+        .feed(
+            ev(ResetSent, 1, 5000)
+                .state(Close)
+                .reason("TCP_STATE")
+                .app(),
+        )
+        .feed(ev(SocketError, 1, 5000).state(Close).err(104))
+        .tick(10_000);
+    let f = run.only();
+    assert_eq!(
+        (f.verdict, f.kind, f.confidence),
+        (
+            Verdict::LocalClose,
+            FindingKind::LingerZero,
+            Confidence::Confirmed
+        )
+    );
+    assert_eq!((f.pid, f.comm.as_deref()), (Some(APP_PID), Some("app")));
+    assert_eq!(f.reason.as_deref(), Some("TCP_STATE"));
+    assert!(has(f, "socket was ESTABLISHED"), "{:?}", f.evidence);
+    assert!(f.advice.contains("SO_LINGER"), "{}", f.advice);
+}
+
+#[test]
+fn local_reasons_map_to_their_kinds() {
+    let cases = [
+        ("TCP_ABORT_ON_CLOSE", FindingKind::AbortOnClose),
+        ("TCP_ABORT_ON_LINGER", FindingKind::AbortOnLinger),
+        ("TCP_ABORT_ON_MEMORY", FindingKind::AbortOnMemory),
+        ("TCP_DISCONNECT_WITH_DATA", FindingKind::DisconnectWithData),
+        ("TCP_INVALID_ACK_SEQUENCE", FindingKind::BadState),
+    ];
+    for (reason, kind) in cases {
+        let mut run = Run::new();
+        run.connect(1, 0, 63)
+            .feed(ev(StateChange, 1, 100).states(Established, Close))
+            .feed(ev(ResetSent, 1, 100).state(Close).reason(reason));
+        let f = run.only();
+        assert_eq!(
+            (f.verdict, f.kind, f.confidence),
+            (Verdict::LocalClose, kind, Confidence::Confirmed),
+            "{reason}"
+        );
+        // The owner comes from connect() even though the RST ran without a process.
+        assert_eq!(f.comm.as_deref(), Some("app"), "{reason}");
+    }
+}
+
+#[test]
+fn tcp_state_reset_without_a_process_is_bad_state() {
+    let mut run = Run::new();
+    run.connect(1, 0, 63)
+        .feed(ev(ResetSent, 1, 100).reason("TCP_STATE"));
+    assert_eq!(run.only().kind, FindingKind::BadState);
+}
+
+#[test]
+fn kernel_without_reasons_gives_local_abort() {
+    let mut run = Run::new();
+    let mut rst = ev(ResetSent, 1, 100);
+    rst.0.reason = Some(ResetReason { raw: 0, name: None });
+    run.connect(1, 0, 63).feed(rst);
+    let f = run.only();
+    assert_eq!(
+        (f.kind, f.confidence),
+        (FindingKind::LocalAbort, Confidence::Likely)
+    );
+    assert_eq!(f.reason.as_deref(), Some("reason_0"));
+}
+
+#[test]
+fn ss_kill_is_destroyed_once() {
+    let mut run = Run::new();
+    run.connect(1, 0, 63)
+        .feed(ev(SocketError, 1, 100).err(103))
+        .feed(
+            ev(ResetSent, 1, 100)
+                .reason("TCP_STATE")
+                .task(99, "ss")
+                .err(103),
+        )
+        .feed(ev(StateChange, 1, 100).states(Established, Close).err(103));
+    let f = run.only();
+    assert_eq!(
+        (f.verdict, f.kind),
+        (Verdict::LocalClose, FindingKind::Destroyed)
+    );
+    assert_eq!(f.comm.as_deref(), Some("app"));
+}
+
+#[test]
+fn rst_from_another_process_names_both() {
+    let mut run = Run::new();
+    run.connect(1, 0, 63).feed(
+        ev(ResetSent, 1, 100)
+            .reason("TCP_STATE")
+            .task(99, "ss")
+            .err(103),
+    );
+    let f = run.only();
+    assert_eq!(f.kind, FindingKind::Destroyed);
+    assert!(has(
+        f,
+        "RST sent from pid 99 (ss), not from the owner pid 4242 (app)"
+    ));
+}
+
+#[test]
+fn no_socket_reply_is_reported_per_rst() {
+    let mut run = Run::new();
+    let reply = ev(ResetSent, 0, 100)
+        .state(Unknown)
+        .no_tcp()
+        .reason("NO_SOCKET");
+    run.feed(reply.clone()).feed(reply);
+    assert_eq!(run.findings.len(), 2);
+    let f = &run.findings[0];
+    assert_eq!(
+        (f.verdict, f.kind, f.confidence, f.cookie),
+        (
+            Verdict::LocalClose,
+            FindingKind::NoSocket,
+            Confidence::Confirmed,
+            0
+        )
+    );
+    assert_eq!((f.pid, f.keepalive.as_ref()), (None, None));
+    assert!(f.advice.contains(REMOTE), "{}", f.advice);
+    assert_eq!(run.c.stats().connections, 0);
+}
+
+#[test]
+fn listener_and_time_wait_replies_are_no_socket() {
+    let mut run = Run::new();
+    run.feed(
+        ev(ResetSent, 500, 100)
+            .state(Listen)
+            .no_tcp()
+            .reason("TCP_FLAGS"),
+    )
+    .feed(
+        ev(ResetSent, 501, 100)
+            .state(TimeWait)
+            .no_tcp()
+            .reason("TCP_TIMEWAIT_SOCKET"),
+    )
+    .feed(
+        ev(ResetSent, 502, 100)
+            .state(NewSynRecv)
+            .no_tcp()
+            .reason("TCP_INVALID_ACK_SEQUENCE"),
+    );
+    let kinds: Vec<_> = run.findings.iter().map(|f| f.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            FindingKind::NoSocket,
+            FindingKind::NoSocket,
+            FindingKind::BadState
+        ]
+    );
+    assert!(has(&run.findings[0], "only a listener matched"));
+    assert_eq!(run.c.stats().connections, 0);
+    assert_eq!(run.c.stats().remotes, 0);
+}
+
+#[test]
+fn forged_rst_reports_both_ttls_once() {
+    let mut run = Run::new();
+    run.connect(1, 0, 63)
+        .feed(ev(IdleSend, 1, 7012).idle(7012).app())
+        .rst(1, 7013, 7013, Some(64))
+        .tick(20_000);
+    let f = run.only();
+    assert_eq!(
+        (f.verdict, f.kind, f.confidence),
+        (
+            Verdict::MiddleboxDrop,
+            FindingKind::ForgedRst,
+            Confidence::Likely
+        )
+    );
+    assert_eq!((f.rst_ttl, f.peer_ttl), (Some(64), Some(63)));
+    assert_eq!(f.idle_ms, Some(7012));
+    assert!(has(
+        f,
+        "RST TTL 64, peer TTL 63: 1 hop closer than the peer"
+    ));
+    assert!(has(f, "idle 7012 ms before the RST"));
+    assert!(has(f, "keepalive off"));
+    assert!(f.advice.contains("below 7 s"), "{}", f.advice);
+}
+
+#[test]
+fn forged_rst_that_is_also_an_idle_expiry_is_confirmed() {
+    let mut run = Run::new();
+    run.connect(1, 0, 63)
+        .survive(1, 5000, 4000)
+        .feed(ev(IdleSend, 1, 12_000).idle(7000).app())
+        .rst(1, 12_001, 7001, Some(64));
+    let f = run.only();
+    assert_eq!(
+        (f.kind, f.confidence),
+        (FindingKind::ForgedRst, Confidence::Confirmed)
+    );
+    assert_eq!(f.timeout_window_ms, Some((4000, 7000)));
+    assert!(has(
+        f,
+        "longer than the 4000 ms idle that connections to 198.51.100.130:8080 survived"
+    ));
+}
+
+#[test]
+fn server_side_peer_ttl_comes_from_the_listeners_syn() {
+    let server = "198.51.100.130:8080";
+    let client = "198.51.100.10:40000";
+    let mut run = Run::new();
+    run.feed(
+        ev(SegmentTtl, 500, 0)
+            .local(server)
+            .remote(client)
+            .no_tcp()
+            .ttl(63, SYN),
+    )
+    .feed(
+        ev(StateChange, 7, 0)
+            .local(server)
+            .remote(client)
+            .states(Listen, SynRecv),
+    )
+    .feed(
+        ev(StateChange, 7, 1)
+            .local(server)
+            .remote(client)
+            .states(SynRecv, Established),
+    )
+    .feed(
+        ev(SegmentTtl, 7, 900)
+            .local(server)
+            .remote(client)
+            .no_tcp()
+            .ttl(64, RST),
+    )
+    .feed(
+        ev(ResetReceived, 7, 900)
+            .local(server)
+            .remote(client)
+            .idle(800),
+    );
+    let f = run.only();
+    assert_eq!(
+        (f.kind, f.rst_ttl, f.peer_ttl),
+        (FindingKind::ForgedRst, Some(64), Some(63))
+    );
+    assert_eq!(run.c.stats().handshake_ttls, 0);
+}
+
+#[test]
+fn peer_ttl_falls_back_to_another_connections_handshake() {
+    let mut run = Run::new();
+    run.connect(1, 0, 63)
+        .feed(ev(KeepaliveTimer, 2, 500).local("198.51.100.10:40001"))
+        .rst(2, 1000, 900, Some(64));
+    let f = run.only();
+    assert_eq!(
+        (f.cookie, f.kind, f.peer_ttl),
+        (2, FindingKind::ForgedRst, Some(63))
+    );
+    assert!(has(
+        f,
+        "peer TTL from another connection's handshake with 198.51.100.130"
+    ));
+}
+
+#[test]
+fn an_old_rst_ttl_is_not_matched() {
+    let mut run = Run::new();
+    run.connect(1, 0, 63)
+        .feed(ev(SegmentTtl, 1, 100).no_tcp().ttl(64, RST))
+        .rst(1, 5000, 900, None);
+    let f = run.only();
+    assert_eq!(
+        (f.kind, f.confidence, f.rst_ttl),
+        (FindingKind::PeerAbort, Confidence::Likely, None)
+    );
+}
+
+#[test]
+fn idle_expiry_against_the_floor_is_possible() {
+    let mut run = Run::new();
+    run.connect(1, 0, 63)
+        .feed(ev(IdleSend, 1, 40_000).idle(40_000).app())
+        .rst(1, 40_001, 40_001, None);
+    let f = run.only();
+    assert_eq!(
+        (f.verdict, f.kind, f.confidence),
+        (
+            Verdict::MiddleboxDrop,
+            FindingKind::IdleExpiryRst,
+            Confidence::Possible
+        )
+    );
+    assert_eq!(f.idle_ms, Some(40_000));
+    assert!(has(
+        f,
+        "at least the 30000 ms idle floor (nothing learned for 198.51.100.130:8080 yet)"
+    ));
+    assert!(f.advice.contains("below 40 s (e.g. 20 s)"), "{}", f.advice);
+}
+
+#[test]
+fn the_floor_is_configurable() {
+    let mut run = Run::with(CorrelatorConfig {
+        idle_expiry_floor_ms: 5000,
+        ..CorrelatorConfig::default()
+    });
+    run.connect(1, 0, 63).rst(1, 7000, 7000, None);
+    assert_eq!(run.only().kind, FindingKind::IdleExpiryRst);
+}
+
+#[test]
+fn keepalive_shorter_than_the_gap_is_no_middlebox_finding() {
+    let mut run = Run::new();
+    run.connect(1, 0, 63).feed(
+        ev(ResetReceived, 1, 40_000)
+            .idle(40_000)
+            .keepalive(10, 5, 3, 0),
+    );
+    let f = run.only();
+    assert_eq!(
+        (f.verdict, f.kind, f.confidence),
+        (
+            Verdict::PeerReset,
+            FindingKind::PeerAbort,
+            Confidence::Likely
+        )
+    );
+    assert!(has(
+        f,
+        "keepalive idle 10 s is shorter than the 40000 ms gap"
+    ));
+    assert_eq!(run.c.timeout_window(NETNS, addr(REMOTE)), None);
+}
+
+#[test]
+fn keepalive_slower_than_the_gap_does_not_prevent_idle_expiry() {
+    let mut run = Run::new();
+    run.connect(1, 0, 63).feed(
+        ev(ResetReceived, 1, 40_000)
+            .idle(40_000)
+            .keepalive(60, 5, 3, 0),
+    );
+    let f = run.only();
+    assert_eq!(f.kind, FindingKind::IdleExpiryRst);
+    assert!(has(
+        f,
+        "keepalive on but its idle 60 s is longer than the 40000 ms gap"
+    ));
+}
+
+#[test]
+fn rst_answering_a_keepalive_probe_is_an_idle_expiry() {
+    let mut run = Run::new();
+    run.connect(1, 0, 63).feed(
+        ev(ResetReceived, 1, 60_050)
+            .idle(60_050)
+            .keepalive(60, 5, 3, 1),
+    );
+    let f = run.only();
+    assert_eq!(f.kind, FindingKind::IdleExpiryRst);
+    assert_eq!(f.idle_ms, Some(60_000));
+    assert!(has(
+        f,
+        "idle 60000 ms when the first keepalive probe went out"
+    ));
+    assert_eq!(
+        f.keepalive,
+        Some(KeepaliveSummary {
+            enabled: true,
+            idle_s: 60,
+            interval_s: 5,
+            count: 3,
+            probes_sent: 1,
+        })
+    );
+}
+
+#[test]
+fn matching_ttl_is_a_confirmed_peer_abort_even_after_long_idle() {
+    let mut run = Run::new();
+    run.connect(1, 0, 63)
+        .feed(ev(IdleSend, 1, 40_000).idle(40_000).app())
+        .rst(1, 40_001, 40_001, Some(63));
+    let f = run.only();
+    assert_eq!(
+        (f.verdict, f.kind, f.confidence),
+        (
+            Verdict::PeerReset,
+            FindingKind::PeerAbort,
+            Confidence::Confirmed
+        )
+    );
+    assert!(has(f, "RST TTL 63 equals the peer's TTL"));
+    assert_eq!(f.timeout_window_ms, None);
+}
+
+#[test]
+fn unknown_ttl_and_short_gap_is_a_likely_peer_abort() {
+    let mut run = Run::new();
+    run.connect(1, 0, 63).rst(1, 2000, 1500, None);
+    let f = run.only();
+    assert_eq!(
+        (f.kind, f.confidence),
+        (FindingKind::PeerAbort, Confidence::Likely)
+    );
+    assert!(has(f, "the RST's TTL was not seen"));
+}
+
+#[test]
+fn rst_in_close_wait_is_a_stale_reuse() {
+    let mut run = Run::new();
+    run.connect(1, 0, 63)
+        .feed(ev(StateChange, 1, 1000).states(Established, CloseWait))
+        .feed(ev(IdleSend, 1, 50_000).state(CloseWait).idle(49_000).app())
+        .feed(ev(SegmentTtl, 1, 50_001).no_tcp().ttl(63, RST))
+        .feed(ev(ResetReceived, 1, 50_001).state(CloseWait).idle(49_001))
+        .feed(ev(StateChange, 1, 50_001).states(CloseWait, Close))
+        .feed(ev(SocketError, 1, 50_001).state(Close).err(32));
+    let f = run.only();
+    assert_eq!(
+        (f.kind, f.confidence),
+        (FindingKind::PeerAbort, Confidence::Confirmed)
+    );
+    assert!(has(f, "CLOSE_WAIT"));
+    assert!(f.advice.contains("keep-alive timeout"), "{}", f.advice);
+}
+
+#[test]
+fn rst_answering_our_syn_is_refused_once() {
+    let mut run = Run::new();
+    run.feed(ev(StateChange, 1, 0).states(Close, SynSent).app())
+        .feed(ev(SegmentTtl, 1, 1).no_tcp().ttl(64, RST | ACK))
+        .feed(ev(ResetReceived, 1, 1).state(SynSent))
+        .feed(ev(StateChange, 1, 1).states(SynSent, Close))
+        .feed(ev(SocketError, 1, 1).state(Close).err(111));
+    let f = run.only();
+    assert_eq!(
+        (f.verdict, f.kind, f.confidence),
+        (Verdict::PeerReset, FindingKind::Refused, Confidence::Likely)
+    );
+    assert_eq!(f.idle_ms, None);
+    assert!(f.advice.contains("listens"), "{}", f.advice);
+}
+
+#[test]
+fn refused_with_a_known_peer_ttl_is_confirmed() {
+    let mut run = Run::new();
+    run.connect(1, 0, 63)
+        .feed(ev(StateChange, 2, 10).states(Close, SynSent).app())
+        .feed(ev(SegmentTtl, 2, 11).no_tcp().ttl(63, RST | ACK))
+        .feed(ev(ResetReceived, 2, 11).state(SynSent));
+    assert_eq!(run.only().confidence, Confidence::Confirmed);
+}
+
+#[test]
+fn econnrefused_without_an_rst_is_a_possible_refusal() {
+    let mut run = Run::new();
+    run.feed(ev(StateChange, 1, 0).states(Close, SynSent).app())
+        .feed(ev(StateChange, 1, 1).states(SynSent, Close))
+        .feed(ev(SocketError, 1, 1).state(Close).err(111));
+    let f = run.only();
+    assert_eq!(
+        (f.kind, f.confidence),
+        (FindingKind::Refused, Confidence::Possible)
+    );
+    assert!(has(f, "ICMP port unreachable"));
+}
+
+#[test]
+fn a_reconnected_socket_is_a_new_connection() {
+    let mut run = Run::new();
+    for at in [0, 1000] {
+        run.feed(ev(StateChange, 1, at).states(Close, SynSent).app())
+            .feed(ev(ResetReceived, 1, at + 1).state(SynSent))
+            .feed(ev(StateChange, 1, at + 1).states(SynSent, Close))
+            .feed(ev(SocketError, 1, at + 1).state(Close).err(111));
+    }
+    assert_eq!(run.findings.len(), 2);
+    assert!(run.findings.iter().all(|f| f.kind == FindingKind::Refused));
+}
+
+/// Connection 1 goes quiet at 10 s with keepalive 2/2/3 and dies by keepalive timeout at
+/// 18 s; optionally connection 2 to the same remote hears from the peer at 15 s.
+fn keepalive_timeout(other_alive: bool) -> Run {
+    let mut run = Run::new();
+    run.connect(1, 0, 63).connect(2, 0, 63);
+    if other_alive {
+        run.survive(2, 15_000, 3000);
+    }
+    for (at, probes) in [(12_000, 0), (14_000, 1), (16_000, 2)] {
+        run.feed(
+            ev(KeepaliveTimer, 1, at)
+                .idle(at - 10_000)
+                .keepalive(2, 2, 3, probes),
+        );
+    }
+    run.feed(
+        ev(ResetSent, 1, 18_000)
+            .reason("TCP_KEEPALIVE_TIMEOUT")
+            .idle(8000)
+            .keepalive(2, 2, 3, 3),
+    )
+    .feed(ev(StateChange, 1, 18_000).states(Established, Close))
+    .feed(
+        ev(SocketError, 1, 18_000)
+            .state(Close)
+            .err(110)
+            .keepalive(2, 2, 3, 3),
+    )
+    .tick(30_000);
+    run
+}
+
+#[test]
+fn keepalive_timeout_is_a_likely_silent_timeout_when_the_peer_is_up() {
+    let run = keepalive_timeout(true);
+    let f = run.only();
+    assert_eq!(
+        (f.verdict, f.kind, f.confidence),
+        (
+            Verdict::MiddleboxDrop,
+            FindingKind::SilentTimeout,
+            Confidence::Likely
+        )
+    );
+    assert_eq!(f.reason.as_deref(), Some("TCP_KEEPALIVE_TIMEOUT"));
+    assert_eq!(
+        f.keepalive,
+        Some(KeepaliveSummary {
+            enabled: true,
+            idle_s: 2,
+            interval_s: 2,
+            count: 3,
+            probes_sent: 3,
+        })
+    );
+    assert!(has(f, "3 keepalive probes went unanswered"));
+    assert!(has(f, "received a segment 2999 ms before this death"));
+    assert_eq!(f.idle_ms, Some(2000));
+}
+
+#[test]
+fn keepalive_timeout_is_a_possible_silent_timeout_when_nothing_else_answers() {
+    let run = keepalive_timeout(false);
+    let f = run.only();
+    assert_eq!(
+        (f.kind, f.confidence),
+        (FindingKind::SilentTimeout, Confidence::Possible)
+    );
+    assert!(has(f, "the peer host may have been down"));
+}
+
+#[test]
+fn etimedout_after_an_idle_send_is_a_silent_timeout_that_teaches_the_window() {
+    let mut run = Run::new();
+    run.connect(1, 0, 63)
+        .survive(1, 5000, 4000)
+        .feed(ev(IdleSend, 1, 12_000).idle(6000).app())
+        .feed(
+            ev(StateChange, 1, 27_000)
+                .states(Established, Close)
+                .idle(21_000),
+        )
+        .feed(
+            ev(SocketError, 1, 27_000)
+                .state(Close)
+                .err(110)
+                .retransmits(6),
+        );
+    let f = run.only();
+    assert_eq!(
+        (f.kind, f.confidence, f.idle_ms),
+        (FindingKind::SilentTimeout, Confidence::Possible, Some(6000))
+    );
+    assert!(has(
+        f,
+        "ETIMEDOUT with no RST: 6 retransmissions went unanswered"
+    ));
+    assert!(has(
+        f,
+        "this host sent after 6000 ms idle and never got an answer"
+    ));
+    assert_eq!(f.timeout_window_ms, Some((4000, 6000)));
+}
+
+#[test]
+fn connect_timeout_is_a_silent_timeout_without_learning() {
+    let mut run = Run::new();
+    run.feed(ev(StateChange, 1, 0).states(Close, SynSent).app())
+        .feed(ev(StateChange, 1, 63_000).states(SynSent, Close))
+        .feed(ev(SocketError, 1, 63_000).state(Close).err(110));
+    let f = run.only();
+    assert_eq!(
+        (f.kind, f.idle_ms, f.timeout_window_ms),
+        (FindingKind::SilentTimeout, None, None)
+    );
+    assert!(has(f, "got no answer to its SYNs"));
+}
+
+#[test]
+fn a_normal_fin_close_is_no_finding() {
+    let mut run = Run::new();
+    run.connect(1, 0, 63)
+        .survive(1, 3000, 2000)
+        .feed(ev(StateChange, 1, 4000).states(Established, FinWait1).app())
+        .feed(ev(StateChange, 1, 4001).states(FinWait1, FinWait2))
+        .feed(ev(StateChange, 1, 4002).states(FinWait2, Close));
+    assert_eq!(run.c.stats().closing, 1);
+    run.tick(10_000);
+    assert!(run.findings.is_empty(), "{:#?}", run.findings);
+    assert_eq!(run.c.stats().closing, 0);
+    assert_eq!(run.c.stats().connections, 0);
+}
+
+#[test]
+fn econnreset_without_an_rst_event_is_a_possible_peer_abort() {
+    let mut run = Run::new();
+    run.connect(1, 0, 63)
+        .feed(ev(StateChange, 1, 100).states(Established, Close))
+        .feed(ev(SocketError, 1, 100).state(Close).err(104));
+    let f = run.only();
+    assert_eq!(
+        (f.kind, f.confidence),
+        (FindingKind::PeerAbort, Confidence::Possible)
+    );
+}
+
+#[test]
+fn an_abandoned_connect_is_no_finding() {
+    let mut run = Run::new();
+    run.feed(ev(StateChange, 1, 0).states(Close, SynSent).app())
+        .feed(ev(StateChange, 1, 10).states(SynSent, Close))
+        .feed(ev(SocketError, 1, 10).state(Close).err(104))
+        .tick(10_000);
+    assert!(run.findings.is_empty(), "{:#?}", run.findings);
+}
+
+#[test]
+fn abort_on_data_replaces_the_held_peer_verdict() {
+    let mut run = Run::new();
+    run.connect(1, 0, 63)
+        .feed(ev(StateChange, 1, 100).states(Established, FinWait1).app())
+        .feed(ev(ResetReceived, 1, 200).state(FinWait1))
+        .feed(ev(StateChange, 1, 200).states(FinWait1, Close));
+    assert!(run.findings.is_empty());
+    run.feed(
+        ev(ResetSent, 1, 200)
+            .state(Close)
+            .reason("TCP_ABORT_ON_DATA")
+            .err(104),
+    )
+    .tick(10_000);
+    let f = run.only();
+    assert_eq!(
+        (f.verdict, f.kind),
+        (Verdict::LocalClose, FindingKind::AbortOnData)
+    );
+}
+
+#[test]
+fn a_held_peer_reset_is_reported_when_the_grace_ends() {
+    let mut run = Run::new();
+    run.connect(1, 0, 63)
+        .feed(ev(StateChange, 1, 100).states(Established, FinWait1).app())
+        .feed(ev(StateChange, 1, 150).states(FinWait1, FinWait2))
+        .feed(ev(ResetReceived, 1, 200).state(FinWait2))
+        .feed(ev(StateChange, 1, 200).states(FinWait2, Close))
+        .tick(1000);
+    assert!(run.findings.is_empty());
+    run.tick(2200);
+    let f = run.only();
+    assert_eq!((f.kind, f.mono_ns), (FindingKind::PeerAbort, 200 * MS));
+    assert!(has(f, "socket was FIN_WAIT2 when the RST arrived"));
+}
+
+#[test]
+fn a_fin_wait_rst_with_its_segment_seen_is_reported_at_once() {
+    let mut run = Run::new();
+    run.connect(1, 0, 63)
+        .feed(ev(StateChange, 1, 100).states(Established, FinWait1).app())
+        .feed(ev(SegmentTtl, 1, 200).no_tcp().ttl(63, RST))
+        .feed(ev(ResetReceived, 1, 200).state(FinWait1));
+    assert_eq!(run.only().confidence, Confidence::Confirmed);
+}
+
+#[test]
+fn sleep_ladder_learns_the_window() {
+    let mut run = Run::new();
+    run.connect(1, 0, 63);
+    let mut at = 0;
+    for gap in [1000, 2000, 3000, 4000] {
+        at += gap;
+        run.survive(1, at, gap);
+    }
+    at += 6000;
+    run.feed(ev(IdleSend, 1, at).idle(6000).app())
+        .rst(1, at + 1, 6001, None);
+    let f = run.only();
+    assert_eq!(
+        (f.verdict, f.kind, f.confidence),
+        (
+            Verdict::MiddleboxDrop,
+            FindingKind::IdleExpiryRst,
+            Confidence::Likely
+        )
+    );
+    assert_eq!(f.timeout_window_ms, Some((4000, 6000)));
+    assert!(has(
+        f,
+        "connections to 198.51.100.130:8080 survived 4000 ms idle and died after 6000 ms"
+    ));
+    assert!(
+        f.advice.starts_with(
+            "set TCP_KEEPIDLE below 4 s (e.g. 2 s) or evict pooled connections idle longer than 4 s"
+        ),
+        "{}",
+        f.advice
+    );
+    assert_eq!(
+        run.c.timeout_window(NETNS, addr(REMOTE)),
+        Some(Window {
+            lo_ms: 4000,
+            hi_ms: 6000
+        })
+    );
+    assert_eq!(run.c.timeout_window(NETNS + 1, addr(REMOTE)), None);
+    let json = serde_json::to_value(f).expect("finding serializes");
+    assert_eq!(json["timeout_window_ms"], serde_json::json!([4000, 6000]));
+    assert_eq!(json["verdict"], "middlebox_drop");
+    assert_eq!(json["kind"], "idle_expiry_rst");
+}
+
+#[test]
+fn a_gap_equal_to_a_survived_one_is_not_an_idle_expiry() {
+    let mut run = Run::new();
+    run.connect(1, 0, 63)
+        .survive(1, 5000, 4000)
+        .feed(ev(IdleSend, 1, 10_000).idle(4000).app())
+        .rst(1, 10_001, 4001, None);
+    let f = run.only();
+    assert_eq!(f.kind, FindingKind::PeerAbort);
+    assert!(has(
+        f,
+        "not longer than the 4000 ms idle that connections to 198.51.100.130:8080 survived"
+    ));
+}
+
+#[test]
+fn a_contradicting_survival_resets_the_window() {
+    let mut run = Run::new();
+    run.connect(1, 0, 63)
+        .connect(2, 0, 63)
+        .connect(3, 0, 63)
+        .survive(1, 4000, 4000)
+        .feed(ev(IdleSend, 1, 10_000).idle(6000).app())
+        .rst(1, 10_001, 6001, None);
+    assert_eq!(
+        run.c.timeout_window(NETNS, addr(REMOTE)),
+        Some(Window {
+            lo_ms: 4000,
+            hi_ms: 6000
+        })
+    );
+    run.survive(2, 20_000, 8000);
+    assert_eq!(run.c.timeout_window(NETNS, addr(REMOTE)), None);
+    run.feed(ev(IdleSend, 3, 40_000).idle(9000).app())
+        .rst(3, 40_001, 9001, None);
+    assert_eq!(run.findings.len(), 2);
+    let f = &run.findings[1];
+    assert_eq!(f.timeout_window_ms, Some((8000, 9000)));
+    assert!(has(
+        f,
+        "survived 8000 ms idle although one died after 6000 ms"
+    ));
+    assert!(has(f, "the learned window was reset"));
+}
+
+#[test]
+fn a_known_middlebox_default_inside_the_window_is_named() {
+    let mut run = Run::new();
+    run.connect(1, 0, 63)
+        .survive(1, 1_790_000, 1_790_000)
+        .feed(ev(IdleSend, 1, 3_600_000).idle(1_805_000).app())
+        .rst(1, 3_600_001, 1_805_001, None);
+    let f = run.only();
+    assert_eq!(f.timeout_window_ms, Some((1_790_000, 1_805_000)));
+    assert!(
+        f.advice.contains("below 1790 s (e.g. 840 s)"),
+        "{}",
+        f.advice
+    );
+    assert!(f.advice.contains("Juniper SRX (1800 s)"), "{}", f.advice);
+    assert!(has(f, "default idle timeout of Juniper SRX (1800 s)"));
+}
+
+#[test]
+fn keepalive_summary_fills_in_the_sysctls() {
+    let mut run = Run::with(CorrelatorConfig {
+        sysctls: KeepaliveSysctls {
+            tcp_keepalive_time: 600,
+            tcp_keepalive_intvl: 30,
+            tcp_keepalive_probes: 5,
+        },
+        ..CorrelatorConfig::default()
+    });
+    let mut rst = ev(ResetReceived, 1, 1000).idle(500);
+    rst.0.keepalive = Some(KeepaliveState {
+        enabled: true,
+        idle_ms: None,
+        interval_ms: Some(10_000),
+        count: None,
+        probes_out: 0,
+    });
+    run.connect(1, 0, 63).feed(rst);
+    assert_eq!(
+        run.only().keepalive,
+        Some(KeepaliveSummary {
+            enabled: true,
+            idle_s: 600,
+            interval_s: 10,
+            count: 5,
+            probes_sent: 0,
+        })
+    );
+}
+
+#[test]
+fn the_connection_table_stays_within_its_cap() {
+    let mut run = Run::with(CorrelatorConfig {
+        max_connections: 4,
+        max_closing: 2,
+        ..CorrelatorConfig::default()
+    });
+    for cookie in 1..=10 {
+        run.connect(cookie, cookie, 63);
+    }
+    let stats = run.c.stats();
+    assert_eq!((stats.connections, stats.evicted_connections), (4, 6));
+    for cookie in 7..=10 {
+        run.feed(ev(StateChange, cookie, 100).states(Established, Close));
+    }
+    let stats = run.c.stats();
+    assert_eq!(
+        (stats.connections, stats.closing, stats.evicted_closing),
+        (0, 2, 2)
+    );
+    assert!(run.findings.is_empty());
+}
+
+#[test]
+fn evicted_connections_still_get_one_finding() {
+    let mut run = Run::with(CorrelatorConfig {
+        max_connections: 1,
+        ..CorrelatorConfig::default()
+    });
+    run.connect(1, 0, 63)
+        .connect(2, 0, 63)
+        .rst(1, 1000, 900, Some(63));
+    let f = run.only();
+    assert_eq!(f.cookie, 1);
+    // Connection 1's own handshake was forgotten; the host's TTL still applies.
+    assert_eq!(f.peer_ttl, Some(63));
+}
+
+#[test]
+fn sysctls_are_read_from_a_directory() {
+    let dir = std::env::temp_dir().join(format!("ka-sysctl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let write = |name: &str, value: &str| std::fs::write(dir.join(name), value).expect("write");
+    write("tcp_keepalive_time", "600\n");
+    write("tcp_keepalive_intvl", "30\n");
+    write("tcp_keepalive_probes", "4\n");
+    assert_eq!(
+        KeepaliveSysctls::read_from(&dir).expect("valid sysctls"),
+        KeepaliveSysctls {
+            tcp_keepalive_time: 600,
+            tcp_keepalive_intvl: 30,
+            tcp_keepalive_probes: 4,
+        }
+    );
+    write("tcp_keepalive_probes", "many\n");
+    let err = KeepaliveSysctls::read_from(&dir).expect_err("bad value");
+    assert!(matches!(err, SysctlError::Parse { ref value, .. } if value == "many"));
+    assert!(
+        err.to_string()
+            .contains("tcp_keepalive_probes holds \"many\"")
+    );
+    std::fs::remove_file(dir.join("tcp_keepalive_intvl")).expect("remove");
+    let err = KeepaliveSysctls::read_from(&dir).expect_err("missing file");
+    assert!(matches!(err, SysctlError::Read { .. }));
+    assert!(err.to_string().contains("tcp_keepalive_intvl"));
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+    assert_eq!(
+        KeepaliveSysctls::default(),
+        KeepaliveSysctls {
+            tcp_keepalive_time: 7200,
+            tcp_keepalive_intvl: 75,
+            tcp_keepalive_probes: 9,
+        }
+    );
+}
