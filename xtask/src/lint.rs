@@ -7,7 +7,7 @@ use crate::setup::{BPF_TOOLCHAIN, HOST_TOOLCHAIN};
 
 pub fn run() -> Result<()> {
     cmd::run(cmd::cargo(HOST_TOOLCHAIN)?.args(["fmt", "--all", "--check"]))?;
-    // The workspace's default members: keepalive-common, keepalive-user, xtask.
+    // The workspace's default members: every crate but the eBPF one.
     cmd::run(cmd::cargo(HOST_TOOLCHAIN)?.args([
         "clippy",
         "--all-targets",
