@@ -4,4 +4,5 @@
 pub mod correlate;
 pub mod event;
 pub mod kernel;
+pub mod record;
 pub mod sink;

@@ -1,0 +1,399 @@
+//! Record and replay: round trips, deterministic findings, and every kind of bad input.
+
+use std::collections::BTreeMap;
+
+use keepalive_common::{
+    Event as RawEvent, EventKind, flags,
+    tcp_flags::{ACK, RST, SYN},
+    tcp_state,
+};
+use keepalive_observer::{
+    correlate::{Correlator, CorrelatorConfig, Finding, FindingKind, KeepaliveSysctls},
+    event::{DecodeContext, DecodeError, raw_bytes},
+    record::{
+        FORMAT_VERSION, RecordError, RecordHeader, Recorder, Replay, ReplayError, ReplayItem,
+    },
+};
+
+const MS: u64 = 1_000_000;
+const NETNS: u32 = 4_026_531_840;
+const HZ: u32 = 250;
+
+fn context() -> DecodeContext {
+    DecodeContext {
+        hz: HZ,
+        reset_reasons: BTreeMap::from([
+            (1, "NO_SOCKET".to_owned()),
+            (11, "TCP_ABORT_ON_CLOSE".to_owned()),
+            (14, "TCP_STATE".to_owned()),
+            (15, "TCP_KEEPALIVE_TIMEOUT".to_owned()),
+        ]),
+    }
+}
+
+fn header() -> RecordHeader {
+    RecordHeader::new(
+        context(),
+        KeepaliveSysctls {
+            tcp_keepalive_time: 600,
+            tcp_keepalive_intvl: 30,
+            tcp_keepalive_probes: 5,
+        },
+        1_767_225_600_000_000_000,
+    )
+}
+
+/// Builds one raw record: an IPv4 TCP socket 198.51.100.10:40000 -> 198.51.100.130:8080 in
+/// ESTABLISHED, last receive and send `idle_ms` before the event.
+struct R(RawEvent);
+
+fn raw(kind: EventKind, cookie: u64, at_ms: u64) -> R {
+    let mut e = RawEvent::zeroed(kind);
+    e.ts_ns = at_ms * MS;
+    e.cookie = cookie;
+    e.netns = NETNS;
+    e.family = 2;
+    e.flags = flags::HAS_SOCK | flags::HAS_TCP;
+    e.local_addr[..4].copy_from_slice(&[198, 51, 100, 10]);
+    e.remote_addr[..4].copy_from_slice(&[198, 51, 100, 130]);
+    e.local_port = 40000;
+    e.remote_port = 8080;
+    e.old_state = tcp_state::ESTABLISHED;
+    e.new_state = tcp_state::ESTABLISHED;
+    e.jiffies = 1_000_000 + u32::try_from(at_ms * u64::from(HZ) / 1000).expect("small");
+    e.rcv_tstamp = e.jiffies;
+    e.lsndtime = e.jiffies;
+    R(e)
+}
+
+impl R {
+    fn states(mut self, old: u8, new: u8) -> Self {
+        self.0.old_state = old;
+        self.0.new_state = new;
+        self
+    }
+
+    fn idle(mut self, ms: u64) -> Self {
+        let jiffies = u32::try_from(ms * u64::from(HZ) / 1000).expect("small");
+        self.0.rcv_tstamp = self.0.jiffies - jiffies;
+        self.0.lsndtime = self.0.jiffies - jiffies;
+        self
+    }
+
+    fn ttl(mut self, ttl: u8, tcp_flags: u8) -> Self {
+        self.0.ttl = ttl;
+        self.0.tcp_flags = tcp_flags;
+        self.0.flags = flags::FROM_SEGMENT;
+        self
+    }
+
+    fn task(mut self) -> Self {
+        self.0.pid = 4242;
+        self.0.tid = 4242;
+        self.0.comm[..3].copy_from_slice(b"app");
+        self
+    }
+
+    fn err(mut self, errno: i32) -> Self {
+        self.0.sk_err = errno;
+        self
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        raw_bytes(&self.0)
+    }
+}
+
+/// A connection that survives a 4 s gap and is reset by a forged RST after 6 s, then ticks.
+fn forged_rst_stream() -> Vec<Result<Vec<u8>, u64>> {
+    use tcp_state::{CLOSE, ESTABLISHED, SYN_SENT};
+    let mut stream = vec![
+        raw(EventKind::StateChange, 1, 0)
+            .states(CLOSE, SYN_SENT)
+            .task(),
+        raw(EventKind::SegmentTtl, 1, 1).ttl(63, SYN | ACK),
+        raw(EventKind::StateChange, 1, 1).states(SYN_SENT, ESTABLISHED),
+        raw(EventKind::IdleSend, 1, 4000).idle(4000).task(),
+        raw(EventKind::ReplyAfterIdle, 1, 4001).task(),
+    ]
+    .into_iter()
+    .map(|r| Ok(r.bytes()))
+    .collect::<Vec<_>>();
+    stream.push(Err(5000 * MS));
+    stream.extend(
+        [
+            raw(EventKind::IdleSend, 1, 10_000).idle(6000).task(),
+            raw(EventKind::SegmentTtl, 1, 10_001).ttl(64, RST),
+            raw(EventKind::ResetReceived, 1, 10_001).idle(6000),
+            raw(EventKind::StateChange, 1, 10_001).states(ESTABLISHED, CLOSE),
+            raw(EventKind::SocketError, 1, 10_001)
+                .states(CLOSE, CLOSE)
+                .err(104),
+        ]
+        .into_iter()
+        .map(|r| Ok(r.bytes())),
+    );
+    stream.push(Err(11_000 * MS));
+    stream.push(Err(20_000 * MS));
+    stream
+}
+
+/// Records the stream (raw records as `Ok`, ticks as `Err`).
+fn record(stream: &[Result<Vec<u8>, u64>]) -> Vec<u8> {
+    let mut recorder = Recorder::new(Vec::new(), &header()).expect("header");
+    for item in stream {
+        match item {
+            Ok(bytes) => recorder.raw(bytes).expect("record"),
+            Err(mono_ns) => recorder.tick(*mono_ns).expect("tick"),
+        }
+    }
+    recorder.flush().expect("flush");
+    recorder.into_inner()
+}
+
+fn correlate(
+    items: impl IntoIterator<Item = ReplayItem>,
+    sysctls: KeepaliveSysctls,
+) -> Vec<Finding> {
+    let mut correlator = Correlator::new(CorrelatorConfig {
+        sysctls,
+        ..CorrelatorConfig::default()
+    });
+    let mut findings = Vec::new();
+    for item in items {
+        findings.extend(match item {
+            ReplayItem::Event(ev) => correlator.on_event(&ev),
+            ReplayItem::Tick(mono_ns) => correlator.on_tick(mono_ns),
+        });
+    }
+    findings
+}
+
+fn replay_all(bytes: &[u8]) -> (RecordHeader, Vec<ReplayItem>) {
+    let replay = Replay::new(bytes).expect("header");
+    let header = replay.header().clone();
+    let items = replay.collect::<Result<Vec<_>, _>>().expect("valid lines");
+    (header, items)
+}
+
+#[test]
+fn a_recording_replays_to_the_same_items() {
+    let stream = forged_rst_stream();
+    let recording = record(&stream);
+    let text = String::from_utf8(recording.clone()).expect("utf-8");
+    let first = text.lines().next().expect("a header line");
+    assert!(
+        first.starts_with(r#"{"type":"header","version":1,"decode":{"hz":250,"#),
+        "{first}"
+    );
+    assert!(first.contains(r#""keepalive_sysctls":{"tcp_keepalive_time":600,"#));
+    assert!(first.contains(r#""wall_offset_ns":1767225600000000000"#));
+    assert!(text.contains(r#"{"type":"tick","mono_ns":5000000000}"#));
+
+    let (read_header, items) = replay_all(&recording);
+    assert_eq!(read_header, header());
+    assert_eq!(read_header.version, FORMAT_VERSION);
+    let ctx = context();
+    let expected: Vec<ReplayItem> = stream
+        .iter()
+        .map(|item| match item {
+            Ok(bytes) => ReplayItem::Event(ctx.decode(bytes).expect("decodes")),
+            Err(mono_ns) => ReplayItem::Tick(*mono_ns),
+        })
+        .collect();
+    assert_eq!(items, expected);
+}
+
+#[test]
+fn replay_reproduces_the_findings_byte_for_byte() {
+    let stream = forged_rst_stream();
+    let ctx = context();
+    let live = correlate(
+        stream.iter().map(|item| match item {
+            Ok(bytes) => ReplayItem::Event(ctx.decode(bytes).expect("decodes")),
+            Err(mono_ns) => ReplayItem::Tick(*mono_ns),
+        }),
+        header().keepalive_sysctls,
+    );
+    let recording = record(&stream);
+    let runs: Vec<String> = (0..2)
+        .map(|_| {
+            let (header, items) = replay_all(&recording);
+            let findings = correlate(items, header.keepalive_sysctls);
+            findings
+                .iter()
+                .map(|f| serde_json::to_string(f).expect("serializes"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .collect();
+    let live_json = live
+        .iter()
+        .map(|f| serde_json::to_string(f).expect("serializes"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(runs[0], runs[1]);
+    assert_eq!(runs[0], live_json);
+    assert_eq!(live.len(), 1, "{live:#?}");
+    let f = &live[0];
+    assert_eq!(f.kind, FindingKind::ForgedRst);
+    assert_eq!(f.timeout_window_ms, Some((4000, 6000)));
+    assert_eq!(f.comm.as_deref(), Some("app"));
+    assert_eq!(f.keepalive.as_ref().map(|k| k.idle_s), Some(600));
+}
+
+#[test]
+fn longer_records_are_cut_to_the_event_and_short_ones_refused() {
+    let mut long = raw(EventKind::KeepaliveTimer, 9, 5).bytes();
+    let exact = long.clone();
+    long.extend_from_slice(&[0xff; 8]);
+    let mut recorder = Recorder::new(Vec::new(), &header()).expect("header");
+    recorder.raw(&long).expect("record");
+    let err = recorder.raw(&exact[..100]).expect_err("too short");
+    assert!(matches!(
+        err,
+        RecordError::Record(DecodeError::Truncated {
+            got: 100,
+            expected: 128
+        })
+    ));
+    let (_, items) = replay_all(&recorder.into_inner());
+    assert_eq!(
+        items,
+        [ReplayItem::Event(
+            context().decode(&exact).expect("decodes")
+        )]
+    );
+}
+
+fn header_line() -> String {
+    serde_json::to_string(&serde_json::json!({
+        "type": "header",
+        "version": 1,
+        "decode": context(),
+        "keepalive_sysctls": KeepaliveSysctls::default(),
+        "wall_offset_ns": -5,
+    }))
+    .expect("serializes")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
+}
+
+fn raw_line(bytes: &[u8]) -> String {
+    format!(r#"{{"type":"raw","data":"{}"}}"#, hex(bytes))
+}
+
+/// Replays `text` line by line, returning each item or error.
+fn lines(text: &str) -> Vec<Result<ReplayItem, ReplayError>> {
+    Replay::new(text.as_bytes()).expect("header").collect()
+}
+
+#[test]
+fn blank_lines_crlf_and_uppercase_hex_are_accepted() {
+    let good = raw(EventKind::KeepaliveTimer, 9, 5).bytes();
+    let text = format!(
+        "\n{}\r\n\r\n{}\r\n{{\"type\":\"tick\",\"mono_ns\":7}}\n",
+        header_line(),
+        raw_line(&good)
+    );
+    let replay = Replay::new(text.as_bytes()).expect("header");
+    assert_eq!(replay.header().wall_offset_ns, -5);
+    let items: Vec<_> = replay.collect::<Result<_, _>>().expect("valid");
+    assert_eq!(
+        items,
+        [
+            ReplayItem::Event(context().decode(&good).expect("decodes")),
+            ReplayItem::Tick(7)
+        ]
+    );
+}
+
+#[test]
+fn header_errors_name_the_line() {
+    let err = Replay::new(&b""[..]).expect_err("empty");
+    assert!(matches!(err, ReplayError::Empty));
+    assert_eq!(
+        err.to_string(),
+        "line 1: empty recording, expected a header"
+    );
+
+    let err = Replay::new(&b"\n{\"type\":\"tick\",\"mono_ns\":1}\n"[..]).expect_err("no header");
+    assert!(
+        matches!(err, ReplayError::MissingHeader { line: 2, ref found } if found == "\"tick\"")
+    );
+    assert!(
+        err.to_string()
+            .starts_with("line 2: expected the header first")
+    );
+
+    let future = header_line().replace(r#""version":1"#, r#""version":2"#);
+    let err = Replay::new(future.as_bytes()).expect_err("future version");
+    assert!(matches!(err, ReplayError::UnknownVersion { line: 1, ref found } if found == "2"));
+    assert!(err.to_string().contains("unknown recording version 2"));
+
+    let unversioned = header_line().replace(r#""version":1,"#, "");
+    let err = Replay::new(unversioned.as_bytes()).expect_err("no version");
+    assert!(matches!(err, ReplayError::UnknownVersion { ref found, .. } if found == "(missing)"));
+
+    let err = Replay::new(&b"not json\n"[..]).expect_err("bad json");
+    assert!(matches!(err, ReplayError::Json { line: 1, .. }));
+
+    let incomplete = header_line().replace(r#""hz":250,"#, "");
+    let err = Replay::new(incomplete.as_bytes()).expect_err("missing hz");
+    assert!(matches!(err, ReplayError::Json { line: 1, .. }));
+    assert!(err.to_string().contains("hz"), "{err}");
+}
+
+#[test]
+fn bad_lines_are_reported_and_skipped() {
+    let good = raw(EventKind::KeepaliveTimer, 9, 5).bytes();
+    let mut unknown_kind = good.clone();
+    unknown_kind[24] = 99;
+    let text = [
+        header_line(),
+        "{\"type\":\"raw\"".to_owned(),
+        r#"{"type":"raw","data":"0g"}"#.to_owned(),
+        r#"{"type":"raw","data":"abc"}"#.to_owned(),
+        raw_line(&good[..64]),
+        raw_line(&unknown_kind),
+        header_line(),
+        r#"{"type":"nope"}"#.to_owned(),
+        raw_line(&good),
+    ]
+    .join("\n");
+    let results = lines(&text);
+    assert_eq!(results.len(), 8);
+    let errors: Vec<String> = results[..7]
+        .iter()
+        .map(|r| match r {
+            Err(err) => err.to_string(),
+            Ok(item) => panic!("expected an error, got {item:?}"),
+        })
+        .collect();
+    assert!(errors[0].starts_with("line 2: bad JSON"), "{}", errors[0]);
+    assert_eq!(errors[1], "line 3: bad hex in data at byte 1");
+    assert_eq!(errors[2], "line 4: bad hex in data at byte 3");
+    assert_eq!(errors[3], "line 5: record has 64 bytes, expected 128");
+    assert_eq!(errors[4], "line 6: unknown event kind 99");
+    assert_eq!(errors[5], "line 7: a header after the first line");
+    assert!(errors[6].starts_with("line 8: bad JSON"), "{}", errors[6]);
+    assert!(matches!(
+        results[4],
+        Err(ReplayError::Decode {
+            line: 6,
+            source: DecodeError::UnknownKind(99)
+        })
+    ));
+    assert!(matches!(results[7], Ok(ReplayItem::Event(_))));
+}
+
+#[test]
+fn unreadable_input_ends_the_replay() {
+    let mut text = header_line().into_bytes();
+    text.extend_from_slice(b"\n\xff\xfe\n{\"type\":\"tick\",\"mono_ns\":1}\n");
+    let results: Vec<_> = Replay::new(&text[..]).expect("header").collect();
+    assert_eq!(results.len(), 1);
+    assert!(matches!(results[0], Err(ReplayError::Io { line: 2, .. })));
+}
