@@ -482,6 +482,54 @@ fn server_side_peer_ttl_comes_from_the_listeners_syn() {
 }
 
 #[test]
+fn accepted_connections_do_not_fill_the_remote_table() {
+    let mut run = Run::new();
+    for cookie in 1..=20 {
+        let client = format!("198.51.100.10:{}", 40_000 + cookie);
+        let at = cookie * 10;
+        run.feed(
+            ev(StateChange, cookie, at)
+                .local(REMOTE)
+                .remote(&client)
+                .states(Listen, SynRecv),
+        )
+        .feed(
+            ev(StateChange, cookie, at)
+                .local(REMOTE)
+                .remote(&client)
+                .states(SynRecv, Established),
+        )
+        .feed(
+            ev(IdleSend, cookie, at + 5000)
+                .local(REMOTE)
+                .remote(&client)
+                .idle(5000)
+                .app(),
+        )
+        .feed(
+            ev(ReplyAfterIdle, cookie, at + 5001)
+                .local(REMOTE)
+                .remote(&client)
+                .app(),
+        );
+    }
+    assert_eq!(run.c.stats().connections, 20);
+    assert_eq!(run.c.stats().remotes, 0);
+    assert!(run.findings.is_empty());
+}
+
+#[test]
+fn an_answered_idle_send_is_not_blamed_for_a_later_death() {
+    let mut run = Run::new();
+    run.connect(1, 0, 63)
+        .feed(ev(IdleSend, 1, 50_000).idle(40_000).app())
+        .feed(ev(KeepaliveTimer, 1, 60_000).idle(5000))
+        .feed(ev(ResetReceived, 1, 62_000).idle(7000));
+    let f = run.only();
+    assert_eq!((f.kind, f.idle_ms), (FindingKind::PeerAbort, Some(7000)));
+}
+
+#[test]
 fn peer_ttl_falls_back_to_another_connections_handshake() {
     let mut run = Run::new();
     run.connect(1, 0, 63)

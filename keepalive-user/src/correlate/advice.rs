@@ -118,7 +118,7 @@ pub(super) struct AdviceInput<'a> {
     pub reason: Option<&'a str>,
     /// The remote's learned window, after this death.
     pub window: Option<Window>,
-    /// The idle gap this death ended, when it taught the learner.
+    /// The idle gap that ended this death, when it bounds the path's idle timeout.
     pub learned_gap_ms: Option<u64>,
     pub peer_closed_first: bool,
 }

@@ -5,6 +5,10 @@ use std::net::SocketAddr;
 use super::{KeepaliveSysctls, finding::Finding, finding::KeepaliveSummary};
 use crate::event::{KeepaliveState, Task, TcpEvent, TcpEventKind, TcpState};
 
+/// Receive times derived from `idle_rx_ms` are only as exact as a jiffy (10 ms at HZ 100):
+/// a receive counts as later than a send only beyond this margin.
+const ANSWER_SLACK_NS: u64 = 20_000_000;
+
 /// One connection as seen so far.
 #[derive(Clone, Debug)]
 pub(super) struct Conn {
@@ -16,6 +20,8 @@ pub(super) struct Conn {
     pub established_ns: Option<u64>,
     /// Last state seen.
     pub state: TcpState,
+    /// Accepted from a listener: the remote is a client's ephemeral port.
+    pub passive: bool,
     /// TTL / hop limit of the peer's SYN or SYN-ACK.
     pub peer_ttl: Option<u8>,
     /// Keepalive settings and progress at the last event that carried them.
@@ -61,6 +67,8 @@ impl Conn {
             owner: None,
             established_ns: None,
             state: ev.new_state,
+            passive: ev.kind == TcpEventKind::StateChange
+                && matches!(ev.old_state, TcpState::Listen | TcpState::SynRecv),
             peer_ttl: None,
             keepalive: None,
             pending_idle: None,
@@ -98,6 +106,14 @@ impl Conn {
         }
         if let Some(at) = last_rx_ns(ev) {
             self.last_rx_ns = Some(self.last_rx_ns.map_or(at, |known| known.max(at)));
+            // A segment after the idle send answered it even if the application never read
+            // a reply; left pending, that old gap would be blamed for a later death.
+            if self
+                .pending_idle
+                .is_some_and(|p| at > p.at_ns.saturating_add(ANSWER_SLACK_NS))
+            {
+                self.pending_idle = None;
+            }
         }
     }
 

@@ -228,6 +228,12 @@ impl Correlator {
             conn.peer_ttl = self
                 .handshake_ttls
                 .remove(&(conn.netns, conn.local, conn.remote));
+            conn.passive |= conn.peer_ttl.is_some();
+        }
+        // Remotes are services (ip:port): an accepted connection's remote is a client's
+        // ephemeral port, which would only churn the table and evict the services' windows.
+        if conn.passive {
+            return;
         }
         let key = (conn.netns, conn.remote);
         if let Some(at) = conn::last_rx_ns(ev) {
@@ -309,6 +315,7 @@ impl Correlator {
             TcpState::Established => {
                 conn.state = TcpState::Established;
                 conn.established_ns = Some(ev.mono_ns);
+                conn.passive |= ev.old_state == TcpState::SynRecv;
                 if ev.old_state == TcpState::SynSent {
                     let key = (conn.netns, conn.remote);
                     self.remotes
@@ -346,6 +353,9 @@ impl Correlator {
         };
         conn.last_rx_ns = Some(ev.mono_ns);
         let pending = conn.pending_idle.take();
+        if conn.passive {
+            return;
+        }
         let (key, remote) = ((conn.netns, conn.remote), conn.remote);
         let state = self.remotes.get_or_insert_with(key, Remote::default);
         state.heard_from(ev.cookie, ev.mono_ns);
@@ -476,7 +486,10 @@ impl Correlator {
                         own_handshake: false,
                     })
             });
-        let remote = self.remotes.get(&(conn.netns, conn.remote));
+        let remote = self
+            .remotes
+            .get(&(conn.netns, conn.remote))
+            .filter(|_| !conn.passive);
         let threshold = match remote.and_then(|r| r.learner.lo_ms()) {
             Some(lo_ms) => Threshold::Learned { lo_ms },
             None => Threshold::Floor {
@@ -523,19 +536,23 @@ impl Correlator {
             peer_closed_first,
         } = decision;
         let mut window = None;
-        // Replies to segments (no socket, listeners) belong to no connection to learn about.
-        if facts.is_some() {
-            let remote = self
-                .remotes
-                .get_or_insert_with((conn.netns, conn.remote), Remote::default);
+        // Replies to segments (no socket, listeners) belong to no connection to learn about,
+        // and accepted connections' remotes are no services.
+        if facts.is_some() && !conn.passive {
+            let key = (conn.netns, conn.remote);
             if let Some(gap) = learn_gap_ms {
-                remote.learner.died(gap, conn.remote);
+                self.remotes
+                    .get_or_insert_with(key, Remote::default)
+                    .learner
+                    .died(gap, conn.remote);
             }
-            window = remote.learner.window();
-            if let Some(w) = window {
-                evidence.extend(advice::window_evidence(conn.remote, w));
+            if let Some(remote) = self.remotes.get_mut(&key) {
+                window = remote.learner.window();
+                if let Some(w) = window {
+                    evidence.extend(advice::window_evidence(conn.remote, w));
+                }
+                evidence.extend(remote.learner.take_note());
             }
-            evidence.extend(remote.learner.take_note());
         }
         if let Some(age_ns) = conn.established_ns.map(|at| ev.mono_ns.saturating_sub(at)) {
             evidence.push(format!(

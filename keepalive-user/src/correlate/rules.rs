@@ -140,7 +140,8 @@ pub(super) struct Decision {
     pub kind: FindingKind,
     pub confidence: Confidence,
     pub evidence: Vec<String>,
-    /// The idle gap this death teaches the remote's timeout learner.
+    /// The idle gap that ended this death, when it bounds the path's idle timeout (and so
+    /// teaches the remote's learner).
     pub learn_gap_ms: Option<u64>,
     /// The peer had closed its end (FIN) before the RST.
     pub peer_closed_first: bool,
