@@ -254,7 +254,6 @@ fn local_reasons_map_to_their_kinds() {
         ("TCP_ABORT_ON_LINGER", FindingKind::AbortOnLinger),
         ("TCP_ABORT_ON_MEMORY", FindingKind::AbortOnMemory),
         ("TCP_DISCONNECT_WITH_DATA", FindingKind::DisconnectWithData),
-        ("TCP_INVALID_ACK_SEQUENCE", FindingKind::BadState),
     ];
     for (reason, kind) in cases {
         let mut run = Run::new();
@@ -270,6 +269,26 @@ fn local_reasons_map_to_their_kinds() {
         // The owner comes from connect() even though the RST ran without a process.
         assert_eq!(f.comm.as_deref(), Some("app"), "{reason}");
     }
+}
+
+#[test]
+fn a_rejected_segment_on_an_open_connection_does_not_end_it() {
+    let mut run = Run::new();
+    run.connect(1, 0, 63)
+        .feed(
+            ev(ResetSent, 1, 100)
+                .state(SynSent)
+                .reason("TCP_INVALID_ACK_SEQUENCE"),
+        )
+        .rst(1, 2000, 1500, Some(63));
+    assert_eq!(run.findings.len(), 2, "{:#?}", run.findings);
+    let first = &run.findings[0];
+    assert_eq!(
+        (first.kind, first.comm.as_deref()),
+        (FindingKind::BadState, Some("app"))
+    );
+    assert!(has(first, "did not fit the connection (SYN_SENT)"));
+    assert_eq!(run.findings[1].kind, FindingKind::PeerAbort);
 }
 
 #[test]

@@ -366,9 +366,13 @@ impl Correlator {
 
     fn on_reset_sent(&mut self, ev: &TcpEvent, out: &mut Vec<Finding>) {
         if rules::is_reply_reset(ev) {
-            // One finding per RST: each answers a different remote's segment, and the
-            // socket (listener, TIME_WAIT, none) is not the connection that died.
-            let conn = Conn::new(ev);
+            // One finding per RST: each answers one segment, and the socket (none, a
+            // listener, TIME_WAIT, or an open connection that goes on) has not died.
+            let conn = self
+                .conns
+                .get(&ev.cookie)
+                .cloned()
+                .unwrap_or_else(|| Conn::new(ev));
             let decision = rules::reply_reset(ev);
             let finding = self.finding(ev, &conn, None, decision);
             out.push(finding);

@@ -169,15 +169,31 @@ fn reason_name(ev: &TcpEvent) -> Option<&str> {
     ev.reason.as_ref()?.name.as_deref()
 }
 
+/// Reset reasons with which the kernel ends the socket's own connection
+/// (`tcp_send_active_reset` callers, and the RST after `tcp_reset` for data after close).
+/// Every other reason answers a segment that did not fit, and the socket lives on.
+const ENDING_REASONS: &[&str] = &[
+    "NOT_SPECIFIED",
+    "TCP_ABORT_ON_CLOSE",
+    "TCP_ABORT_ON_LINGER",
+    "TCP_ABORT_ON_MEMORY",
+    "TCP_ABORT_ON_DATA",
+    "TCP_STATE",
+    "TCP_KEEPALIVE_TIMEOUT",
+    "TCP_DISCONNECT_WITH_DATA",
+];
+
 /// Whether an RST this host sent answers a segment rather than ending the socket's own
-/// connection: there was no socket, or only a listener, a TIME_WAIT or a request socket.
+/// connection: there was no socket, or only a listener, a TIME_WAIT or a request socket, or
+/// the reason is one of a rejected segment. Without a reason name (kernels before 6.10) an
+/// RST on a full socket counts as ending it.
 pub(super) fn is_reply_reset(ev: &TcpEvent) -> bool {
     ev.cookie == 0
         || matches!(
             ev.old_state,
             TcpState::Listen | TcpState::TimeWait | TcpState::NewSynRecv
         )
-        || matches!(reason_name(ev), Some("NO_SOCKET" | "TCP_TIMEWAIT_SOCKET"))
+        || reason_name(ev).is_some_and(|name| !ENDING_REASONS.contains(&name))
 }
 
 /// An RST this host sent in reply to a segment.
@@ -187,7 +203,9 @@ pub(super) fn is_reply_reset(ev: &TcpEvent) -> bool {
 ///   pooled connection, a middlebox that re-routed the flow). `confirmed` with a kernel
 ///   reason; `likely` without one (kernels before 6.10), where no socket is the only cause of
 ///   a socketless RST.
-/// - A pending handshake (request socket) rejected the segment: `local_close` / `bad_state`.
+/// - A pending handshake (request socket) or an open connection rejected the segment:
+///   `local_close` / `bad_state`, `confirmed`. An open connection goes on, so its own death
+///   is still reported when it comes.
 pub(super) fn reply_reset(ev: &TcpEvent) -> Decision {
     let reason = ev
         .reason
@@ -195,15 +213,23 @@ pub(super) fn reply_reset(ev: &TcpEvent) -> Decision {
         .map_or_else(|| "none".to_owned(), |r| r.label());
     let named = reason_name(ev).is_some();
     let (local, remote) = (ev.local, ev.remote);
-    if ev.old_state == TcpState::NewSynRecv {
+    let no_socket = ev.cookie == 0
+        || matches!(ev.old_state, TcpState::Listen | TcpState::TimeWait)
+        || matches!(reason_name(ev), Some("NO_SOCKET" | "TCP_TIMEWAIT_SOCKET"));
+    if !no_socket {
+        let what = if ev.old_state == TcpState::NewSynRecv {
+            "its pending handshake".to_owned()
+        } else {
+            format!("the connection ({})", ev.old_state)
+        };
         return Decision::new(
             Verdict::LocalClose,
             FindingKind::BadState,
             Confidence::Confirmed,
         )
         .with([format!(
-            "a segment from {remote} did not fit its pending handshake with {local}, and this \
-             host answered with an RST (kernel reason {reason})"
+            "a segment from {remote} did not fit {what} with {local}, and this host answered \
+             with an RST (kernel reason {reason})"
         )]);
     }
     let sentence = match ev.old_state {
@@ -249,8 +275,7 @@ fn resets_on_disconnect(state: TcpState) -> bool {
 ///   close of SO_LINGER {1, 0}: `linger_zero` (on 6.18 the linger-0 close goes through
 ///   `tcp_disconnect` and is reported as TCP_STATE, not TCP_ABORT_ON_LINGER). Otherwise
 ///   `bad_state`.
-/// - No reason from the kernel: `local_abort`, `likely`.
-/// - Any other reason: the socket rejected a segment that did not fit, `bad_state`.
+/// - No reason from the kernel, or NOT_SPECIFIED: `local_abort`, `likely`.
 pub(super) fn active_reset(f: &Facts) -> Decision {
     let ev = f.ev;
     let state = f.state;
@@ -298,18 +323,15 @@ pub(super) fn active_reset(f: &Facts) -> Decision {
             FindingKind::BadState,
             "the connection's state required a reset",
         ),
-        None | Some("NOT_SPECIFIED") => {
+        // NOT_SPECIFIED, or no name (kernels before 6.10): see `is_reply_reset`.
+        _ => {
             let mut decision = local(
                 FindingKind::LocalAbort,
-                "the kernel names no reason (kernels before 6.10 have none)",
+                "the kernel names no cause (kernels before 6.10 have no reasons)",
             );
             decision.confidence = Confidence::Likely;
             decision
         }
-        Some(_) => local(
-            FindingKind::BadState,
-            "the socket rejected a segment that did not fit its state",
-        ),
     }
 }
 
