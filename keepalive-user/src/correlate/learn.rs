@@ -82,7 +82,7 @@ mod tests {
 
     #[test]
     fn window_needs_both_bounds() {
-        let remote = REMOTE.parse().unwrap_or_else(|e| panic!("{e}"));
+        let remote = REMOTE.parse().expect("test address");
         let mut learner = Learner::default();
         for gap in [1000, 2000, 3000, 4000] {
             learner.survived(gap, remote);
@@ -103,7 +103,7 @@ mod tests {
 
     #[test]
     fn contradictions_reset_the_older_bound() {
-        let remote = REMOTE.parse().unwrap_or_else(|e| panic!("{e}"));
+        let remote = REMOTE.parse().expect("test address");
         let mut learner = Learner::default();
         learner.survived(4000, remote);
         learner.died(6000, remote);

@@ -145,7 +145,9 @@ mod tests {
         let mut lru = Lru::new(2);
         lru.insert(1, 10);
         lru.insert(2, 20);
-        *lru.peek_mut(&1).unwrap_or(&mut 0) += 1;
+        if let Some(value) = lru.peek_mut(&1) {
+            *value += 1;
+        }
         assert_eq!(lru.get(&1), Some(&11));
         assert_eq!(lru.oldest(), Some((&1, &11)));
     }
