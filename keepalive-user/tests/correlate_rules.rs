@@ -137,6 +137,12 @@ impl B {
         self.0.retransmits = None;
         self
     }
+
+    /// A segment seen by the ingress program: no TCP fields and no namespace.
+    fn segment(mut self, ttl: u8, flags: u8) -> Self {
+        self.0.netns = 0;
+        self.no_tcp().ttl(ttl, flags)
+    }
 }
 
 use TcpEventKind::*;
@@ -180,11 +186,7 @@ impl Run {
                 .app()
                 .local("198.51.100.10:0"),
         )
-        .feed(
-            ev(SegmentTtl, cookie, at_ms)
-                .no_tcp()
-                .ttl(peer_ttl, SYN | ACK),
-        )
+        .feed(ev(SegmentTtl, cookie, at_ms).segment(peer_ttl, SYN | ACK))
         .feed(ev(StateChange, cookie, at_ms).states(SynSent, Established))
     }
 
@@ -198,7 +200,7 @@ impl Run {
     /// and the kernel's CLOSE and ECONNRESET after it.
     fn rst(&mut self, cookie: u64, at_ms: u64, idle_ms: u64, rst_ttl: Option<u8>) -> &mut Self {
         if let Some(ttl) = rst_ttl {
-            self.feed(ev(SegmentTtl, cookie, at_ms).no_tcp().ttl(ttl, RST | ACK));
+            self.feed(ev(SegmentTtl, cookie, at_ms).segment(ttl, RST | ACK));
         }
         self.feed(ev(ResetReceived, cookie, at_ms).idle(idle_ms))
             .feed(
@@ -464,8 +466,7 @@ fn server_side_peer_ttl_comes_from_the_listeners_syn() {
         ev(SegmentTtl, 500, 0)
             .local(server)
             .remote(client)
-            .no_tcp()
-            .ttl(63, SYN),
+            .segment(63, SYN),
     )
     .feed(
         ev(StateChange, 7, 0)
@@ -483,8 +484,7 @@ fn server_side_peer_ttl_comes_from_the_listeners_syn() {
         ev(SegmentTtl, 7, 900)
             .local(server)
             .remote(client)
-            .no_tcp()
-            .ttl(64, RST),
+            .segment(64, RST),
     )
     .feed(
         ev(ResetReceived, 7, 900)
@@ -569,7 +569,7 @@ fn peer_ttl_falls_back_to_another_connections_handshake() {
 fn an_old_rst_ttl_is_not_matched() {
     let mut run = Run::new();
     run.connect(1, 0, 63)
-        .feed(ev(SegmentTtl, 1, 100).no_tcp().ttl(64, RST))
+        .feed(ev(SegmentTtl, 1, 100).segment(64, RST))
         .rst(1, 5000, 900, None);
     let f = run.only();
     assert_eq!(
@@ -715,7 +715,7 @@ fn rst_in_close_wait_is_a_stale_reuse() {
     run.connect(1, 0, 63)
         .feed(ev(StateChange, 1, 1000).states(Established, CloseWait))
         .feed(ev(IdleSend, 1, 50_000).state(CloseWait).idle(49_000).app())
-        .feed(ev(SegmentTtl, 1, 50_001).no_tcp().ttl(63, RST))
+        .feed(ev(SegmentTtl, 1, 50_001).segment(63, RST))
         .feed(ev(ResetReceived, 1, 50_001).state(CloseWait).idle(49_001))
         .feed(ev(StateChange, 1, 50_001).states(CloseWait, Close))
         .feed(ev(SocketError, 1, 50_001).state(Close).err(32));
@@ -732,7 +732,7 @@ fn rst_in_close_wait_is_a_stale_reuse() {
 fn rst_answering_our_syn_is_refused_once() {
     let mut run = Run::new();
     run.feed(ev(StateChange, 1, 0).states(Close, SynSent).app())
-        .feed(ev(SegmentTtl, 1, 1).no_tcp().ttl(64, RST | ACK))
+        .feed(ev(SegmentTtl, 1, 1).segment(64, RST | ACK))
         .feed(ev(ResetReceived, 1, 1).state(SynSent))
         .feed(ev(StateChange, 1, 1).states(SynSent, Close))
         .feed(ev(SocketError, 1, 1).state(Close).err(111));
@@ -750,7 +750,7 @@ fn refused_with_a_known_peer_ttl_is_confirmed() {
     let mut run = Run::new();
     run.connect(1, 0, 63)
         .feed(ev(StateChange, 2, 10).states(Close, SynSent).app())
-        .feed(ev(SegmentTtl, 2, 11).no_tcp().ttl(63, RST | ACK))
+        .feed(ev(SegmentTtl, 2, 11).segment(63, RST | ACK))
         .feed(ev(ResetReceived, 2, 11).state(SynSent));
     assert_eq!(run.only().confidence, Confidence::Confirmed);
 }
@@ -981,7 +981,7 @@ fn a_fin_wait_rst_with_its_segment_seen_is_reported_at_once() {
     let mut run = Run::new();
     run.connect(1, 0, 63)
         .feed(ev(StateChange, 1, 100).states(Established, FinWait1).app())
-        .feed(ev(SegmentTtl, 1, 200).no_tcp().ttl(63, RST))
+        .feed(ev(SegmentTtl, 1, 200).segment(63, RST))
         .feed(ev(ResetReceived, 1, 200).state(FinWait1));
     assert_eq!(run.only().confidence, Confidence::Confirmed);
 }

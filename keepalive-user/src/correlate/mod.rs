@@ -110,7 +110,9 @@ pub struct Correlator {
     conns: Lru<u64, Conn>,
     closing: Lru<u64, Conn>,
     remotes: Lru<RemoteKey, Remote>,
-    /// Peer TTLs of SYNs received by listeners, until the accepted socket appears.
+    /// Peer TTLs of SYNs received by listeners, until the accepted socket appears. Segment
+    /// events may carry netns 0 (the ingress program sees packets, not namespaces), so
+    /// lookups try the connection's namespace, then 0; the same holds for `host_ttls`.
     handshake_ttls: Lru<TupleKey, u8>,
     /// Last handshake TTL per peer host: the fallback for connections whose own handshake
     /// was not seen (opened before the observer started).
@@ -225,9 +227,11 @@ impl Correlator {
             return;
         };
         if conn.peer_ttl.is_none() && conn.local.port() != 0 {
+            let (local, remote) = (conn.local, conn.remote);
             conn.peer_ttl = self
                 .handshake_ttls
-                .remove(&(conn.netns, conn.local, conn.remote));
+                .remove(&(conn.netns, local, remote))
+                .or_else(|| self.handshake_ttls.remove(&(0, local, remote)));
             conn.passive |= conn.peer_ttl.is_some();
         }
         // Remotes are services (ip:port): an accepted connection's remote is a client's
@@ -483,8 +487,10 @@ impl Correlator {
                 own_handshake: true,
             })
             .or_else(|| {
+                let ip = conn.remote.ip();
                 self.host_ttls
-                    .get(&(conn.netns, conn.remote.ip()))
+                    .get(&(conn.netns, ip))
+                    .or_else(|| self.host_ttls.get(&(0, ip)))
                     .map(|&ttl| PeerTtl {
                         ttl,
                         own_handshake: false,
