@@ -977,6 +977,23 @@ fn a_held_peer_reset_is_reported_when_the_grace_ends() {
 }
 
 #[test]
+fn a_held_peer_reset_is_reported_when_its_connection_is_evicted() {
+    let mut run = Run::with(CorrelatorConfig {
+        max_connections: 1,
+        ..CorrelatorConfig::default()
+    });
+    run.connect(1, 0, 63)
+        .feed(ev(StateChange, 1, 100).states(Established, FinWait1).app())
+        .feed(ev(ResetReceived, 1, 200).state(FinWait1));
+    assert!(run.findings.is_empty());
+    run.connect(2, 300, 63);
+    assert_eq!(
+        (run.only().cookie, run.only().kind),
+        (1, FindingKind::PeerAbort)
+    );
+}
+
+#[test]
 fn a_fin_wait_rst_with_its_segment_seen_is_reported_at_once() {
     let mut run = Run::new();
     run.connect(1, 0, 63)

@@ -214,7 +214,9 @@ impl Correlator {
                 self.insert_closing(ev.cookie, conn, out);
                 return self.closing.peek_mut(&ev.cookie);
             }
-            self.conns.insert(ev.cookie, conn);
+            if let Some((_, evicted)) = self.conns.insert(ev.cookie, conn) {
+                release(evicted, out);
+            }
         }
         self.after_observe(ev);
         self.conns.peek_mut(&ev.cookie)
@@ -605,7 +607,8 @@ impl Correlator {
     }
 }
 
-/// Reports a death that was held back, as a connection is forgotten.
+/// Reports a death that was held back, as a connection is forgotten (grace over, or evicted
+/// to stay within a cap).
 fn release(conn: Conn, out: &mut Vec<Finding>) {
     if let Outcome::Provisional(finding) = conn.outcome {
         out.push(*finding);
