@@ -1,8 +1,12 @@
 //! The live daemon: load and attach, then stream events until SIGINT or SIGTERM.
 
+use std::{fs::File, io::BufWriter};
+
 use anyhow::Context as _;
 use keepalive_observer::{
+    correlate::{Correlator, CorrelatorConfig, KeepaliveSysctls},
     kernel::observer::{LoadOptions, Observer},
+    record::{RecordHeader, Recorder},
     sink::{
         Fanout, HookLine, HookStatus, JournaldSink, JsonSink, Sink, SinkError, StartupReport,
         TextSink, WallClock,
@@ -12,7 +16,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cli::{Format, Journald, RunArgs},
-    pipeline::Pipeline,
+    pipeline::{Pipeline, PipelineError},
 };
 
 /// Runs until interrupted; returns after detaching everything and printing the totals.
@@ -23,10 +27,40 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         cgroup: args.cgroup.clone(),
     })?;
     let sinks = open_sinks(args.format, args.journald, clock)?;
-    let mut pipeline = Pipeline::new(sinks, observer.decode.clone(), !args.findings_only);
+    let sysctls = KeepaliveSysctls::read_host()?;
+    let idle_expiry_floor_ms =
+        u64::try_from(args.idle_expiry_floor.as_millis()).unwrap_or(u64::MAX);
+    let recorder = match &args.record {
+        Some(path) => {
+            let file = File::create(path)
+                .with_context(|| format!("creating the recording {}", path.display()))?;
+            let header = RecordHeader::new(
+                observer.decode.clone(),
+                sysctls,
+                idle_expiry_floor_ms,
+                clock.offset_ns(),
+            );
+            Some(Recorder::new(BufWriter::new(file), &header)?)
+        }
+        None => None,
+    };
+    let correlator = Correlator::new(CorrelatorConfig {
+        sysctls,
+        idle_expiry_floor_ms,
+        ..CorrelatorConfig::default()
+    });
+    let mut pipeline = Pipeline::new(
+        sinks,
+        observer.decode.clone(),
+        correlator,
+        recorder,
+        !args.findings_only,
+    );
     let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     pipeline.ready(&startup_report(&observer))?;
+    // The correlator's clock: it releases held findings and forgets closed sockets on ticks.
+    let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut stats = (!args.stats_interval.is_zero()).then(|| {
         tokio::time::interval_at(
             tokio::time::Instant::now() + args.stats_interval,
@@ -40,15 +74,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             drained = observer.next_batch(|bytes| pipeline.on_record(bytes)) => {
                 drained.context("reading the ring buffer")?;
             }
+            _ = ticks.tick() => pipeline.on_tick(monotonic_ns()),
             _ = tick(&mut stats) => print_stats = true,
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
         }
         match pipeline.take_error() {
             None => {}
-            Some(SinkError::StdoutClosed) => break,
+            Some(PipelineError::Sink(SinkError::StdoutClosed)) => break,
             // The journal restarting must not stop the observer: stdout still has the record.
-            Some(SinkError::JournalSend(error)) => {
+            Some(PipelineError::Sink(SinkError::JournalSend(error))) => {
                 journal_failures += 1;
                 if journal_failures.is_power_of_two() {
                     tracing::warn!("journald did not take {journal_failures} record(s): {error}");
@@ -64,9 +99,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     pipeline.loss.kernel_lost = observer.lost_events();
     drop(observer);
     match pipeline.stats() {
-        Ok(()) | Err(SinkError::StdoutClosed) => Ok(()),
+        Ok(()) | Err(PipelineError::Sink(SinkError::StdoutClosed)) => Ok(()),
         Err(error) => Err(error.into()),
     }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`, so ticks and events agree.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec to write into; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
 }
 
 async fn tick(interval: &mut Option<tokio::time::Interval>) {

@@ -3,12 +3,13 @@
 mod cli;
 mod daemon;
 mod pipeline;
+mod replay;
 
 use std::process::ExitCode;
 
 use clap::Parser as _;
 
-use crate::cli::Cli;
+use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -31,10 +32,11 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         None => runtime.block_on(daemon::run(cli.run)),
-        Some(command) => {
-            eprintln!("error: {command:?} is not available yet");
-            return ExitCode::FAILURE;
-        }
+        Some(Command::Replay {
+            file,
+            format,
+            events,
+        }) => replay::run(&file, format, events),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

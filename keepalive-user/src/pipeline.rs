@@ -1,27 +1,53 @@
 //! One path from kernel records to every output, shared by the live daemon and `replay`:
 //! decode → event sinks → correlator → finding sinks, with the recording written alongside.
 
+use std::{fs::File, io::BufWriter};
+
 use keepalive_observer::{
+    correlate::{Correlator, Finding},
     event::{DecodeContext, TcpEvent},
+    record::{RecordError, Recorder},
     sink::{LossReport, Sink, SinkError, StartupReport},
 };
+
+/// Why the pipeline stopped taking records.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// An output failed.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// The recording could not be written: stopping beats a recording with holes.
+    #[error("writing the recording: {0}")]
+    Record(#[from] RecordError),
+}
 
 /// The records' way through the daemon.
 pub struct Pipeline {
     sinks: Box<dyn Sink + Send>,
     decode: DecodeContext,
+    correlator: Correlator,
+    recorder: Option<Recorder<BufWriter<File>>>,
     print_events: bool,
     /// Totals for the stats lines.
     pub loss: LossReport,
-    failed: Option<SinkError>,
+    failed: Option<PipelineError>,
 }
 
 impl Pipeline {
-    /// A pipeline decoding with `decode` and writing to `sinks`.
-    pub fn new(sinks: Box<dyn Sink + Send>, decode: DecodeContext, print_events: bool) -> Self {
+    /// A pipeline decoding with `decode`, judging with `correlator` and writing to `sinks`
+    /// (events too when `print_events`) and to `recorder`.
+    pub fn new(
+        sinks: Box<dyn Sink + Send>,
+        decode: DecodeContext,
+        correlator: Correlator,
+        recorder: Option<Recorder<BufWriter<File>>>,
+        print_events: bool,
+    ) -> Self {
         Self {
             sinks,
             decode,
+            correlator,
+            recorder,
             print_events,
             loss: LossReport::default(),
             failed: None,
@@ -35,8 +61,16 @@ impl Pipeline {
 
     /// One raw ring-buffer record. Errors are kept for [`Pipeline::take_error`]: this runs
     /// inside the ring buffer's drain loop, which cannot stop half-way. Records keep flowing
-    /// after a journal error (stdout still gets them) and stop only when stdout is closed.
+    /// after a journal error (stdout still gets them) and stop only when stdout is closed or
+    /// the recording fails.
     pub fn on_record(&mut self, bytes: &[u8]) {
+        if self.stopped() {
+            return;
+        }
+        if let Some(recorder) = &mut self.recorder {
+            let written = recorder.raw(bytes);
+            self.keep_error(written.map_err(PipelineError::from));
+        }
         match self.decode.decode(bytes) {
             Ok(event) => self.on_event(&event),
             Err(error) => {
@@ -48,32 +82,65 @@ impl Pipeline {
 
     /// One decoded event.
     pub fn on_event(&mut self, event: &TcpEvent) {
-        if matches!(self.failed, Some(SinkError::StdoutClosed)) {
+        if self.stopped() {
             return;
         }
         if self.print_events {
             self.loss.count_event(event.kind);
             let written = self.sinks.event(event);
-            self.keep_error(written);
+            self.keep_error(written.map_err(PipelineError::from));
+        }
+        let findings = self.correlator.on_event(event);
+        self.emit(&findings);
+    }
+
+    /// Time passed (CLOCK_MONOTONIC ns): the correlator releases what it was holding.
+    pub fn on_tick(&mut self, mono_ns: u64) {
+        if self.stopped() {
+            return;
+        }
+        if let Some(recorder) = &mut self.recorder {
+            let written = recorder.tick(mono_ns);
+            self.keep_error(written.map_err(PipelineError::from));
+        }
+        let findings = self.correlator.on_tick(mono_ns);
+        self.emit(&findings);
+    }
+
+    fn emit(&mut self, findings: &[Finding]) {
+        for finding in findings {
+            self.loss.count_finding();
+            let written = self.sinks.finding(finding);
+            self.keep_error(written.map_err(PipelineError::from));
         }
     }
 
-    /// Writes the totals.
-    pub fn stats(&mut self) -> Result<(), SinkError> {
-        self.sinks.stats(&self.loss)
+    /// Writes the totals and flushes the recording.
+    pub fn stats(&mut self) -> Result<(), PipelineError> {
+        if let Some(recorder) = &mut self.recorder {
+            recorder.flush()?;
+        }
+        Ok(self.sinks.stats(&self.loss)?)
     }
 
-    /// Keeps the first error; a closed stdout outranks any other, since it stops the daemon.
-    fn keep_error(&mut self, result: Result<(), SinkError>) {
+    fn stopped(&self) -> bool {
+        matches!(
+            self.failed,
+            Some(PipelineError::Sink(SinkError::StdoutClosed) | PipelineError::Record(_))
+        )
+    }
+
+    /// Keeps the first error; one that stops the pipeline outranks any other.
+    fn keep_error(&mut self, result: Result<(), PipelineError>) {
         if let Err(error) = result
-            && (self.failed.is_none() || matches!(error, SinkError::StdoutClosed))
+            && (self.failed.is_none() || !self.stopped())
         {
             self.failed = Some(error);
         }
     }
 
-    /// The first output error since the last call.
-    pub fn take_error(&mut self) -> Option<SinkError> {
+    /// The kept error, if any, since the last call.
+    pub fn take_error(&mut self) -> Option<PipelineError> {
         self.failed.take()
     }
 }

@@ -36,6 +36,9 @@ pub struct RecordHeader {
     pub decode: DecodeContext,
     /// The keepalive sysctls the correlator used.
     pub keepalive_sysctls: KeepaliveSysctls,
+    /// The correlator's idle-expiry floor (`--idle-expiry-floor`), milliseconds: replay
+    /// needs the same value to reach the same findings.
+    pub idle_expiry_floor_ms: u64,
     /// CLOCK_REALTIME minus CLOCK_MONOTONIC at the start of the recording, nanoseconds: adds
     /// to an event's `mono_ns` to give its wall-clock time.
     pub wall_offset_ns: i64,
@@ -46,12 +49,14 @@ impl RecordHeader {
     pub fn new(
         decode: DecodeContext,
         keepalive_sysctls: KeepaliveSysctls,
+        idle_expiry_floor_ms: u64,
         wall_offset_ns: i64,
     ) -> Self {
         Self {
             version: FORMAT_VERSION,
             decode,
             keepalive_sysctls,
+            idle_expiry_floor_ms,
             wall_offset_ns,
         }
     }

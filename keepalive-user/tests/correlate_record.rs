@@ -39,6 +39,7 @@ fn header() -> RecordHeader {
             tcp_keepalive_intvl: 30,
             tcp_keepalive_probes: 5,
         },
+        30_000,
         1_767_225_600_000_000_000,
     )
 }
