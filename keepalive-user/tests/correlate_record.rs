@@ -273,6 +273,7 @@ fn header_line() -> String {
         "version": 1,
         "decode": context(),
         "keepalive_sysctls": KeepaliveSysctls::default(),
+        "idle_expiry_floor_ms": 30_000,
         "wall_offset_ns": -5,
     }))
     .expect("serializes")
