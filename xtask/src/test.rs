@@ -18,8 +18,9 @@ pub fn run() -> Result<()> {
     // Plain `cargo test`: libraries, binaries, integration tests, examples and doctests in one
     // build (benches are compiled by the lint step). A separate `--doc` run would resolve host
     // features differently and rebuild the eBPF programs.
+    // --no-fail-fast: one failing test binary must not hide the results of the others.
     let mut tests = cmd::cargo(HOST_TOOLCHAIN)?;
-    tests.arg("test");
+    tests.args(["test", "--no-fail-fast"]);
     if root {
         tests.env(REQUIRE_PRIVILEGED, "1");
     }
