@@ -98,9 +98,15 @@ impl Conn {
         if let Some(keepalive) = &ev.keepalive {
             self.keepalive = Some(keepalive.clone());
         }
-        // An RST sent from another process (ss -K) must not replace the owner.
+        // An RST sent from another process (ss -K) must not replace the owner; one sent from
+        // the owner's own process names the thread that closed the socket, which need not be
+        // the one that connected it (a pool's worker, a namespace-entering helper thread).
         if let Some(task) = &ev.task
-            && (ev.kind != TcpEventKind::ResetSent || self.owner.is_none())
+            && (ev.kind != TcpEventKind::ResetSent
+                || self
+                    .owner
+                    .as_ref()
+                    .is_none_or(|owner| owner.pid == task.pid))
         {
             self.owner = Some(task.clone());
         }
