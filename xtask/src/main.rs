@@ -3,6 +3,7 @@
 
 mod build;
 mod cmd;
+mod lab;
 mod lint;
 mod run;
 mod setup;
@@ -42,6 +43,9 @@ enum Command {
     Lint,
     /// Set up, lint, then run every test, privileged ones included when root.
     Test,
+    /// Reproduce the "Connection reset behind a VIP" incident in network namespaces, watch the
+    /// observer explain it, apply its advice and watch the resets go away (root).
+    Lab(lab::LabArgs),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +71,7 @@ fn task(command: Command) -> anyhow::Result<ExitCode> {
             lint::run()?;
         }
         Command::Test => test::run()?,
+        Command::Lab(args) => return lab::run(&args),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -27,6 +27,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nftables", "lab tests (nft)"),
     ("conntrack", "lab tests (conntrack)"),
     ("procps", "lab tests (sysctl)"),
+    ("nginx", "cargo xtask lab (the HTTP servers)"),
+    ("python3-urllib3", "cargo xtask lab (the HTTP client)"),
 ];
 /// The journald test starts this binary when no journal runs; package `systemd` provides it.
 const JOURNALD: &str = "/lib/systemd/systemd-journald";

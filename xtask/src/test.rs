@@ -1,11 +1,12 @@
-//! `cargo xtask test`: lint, then every test of the default workspace members.
+//! `cargo xtask test`: lint, then every test of the default workspace members, then (as root)
+//! `cargo xtask lab` with its summary checked.
 
 use std::env;
 
 use anyhow::{Result, bail};
 
 use crate::setup::{self, HOST_TOOLCHAIN};
-use crate::{cmd, lint};
+use crate::{cmd, lab, lint};
 
 /// Set for the tests when root: a privileged test that would skip itself fails instead.
 const REQUIRE_PRIVILEGED: &str = "KEEPALIVE_REQUIRE_PRIVILEGED";
@@ -28,6 +29,7 @@ pub fn run() -> Result<()> {
 
     if root {
         result?;
+        lab::ci_check()?;
         println!("all tests passed, privileged tests included (running as root)");
         return Ok(());
     }

@@ -1,0 +1,58 @@
+//! Ctrl-C and SIGTERM: the handler only raises a flag; every wait of the lab checks it and
+//! returns [`Interrupted`], so the lab unwinds and tears everything down in order.
+//!
+//! The lab's children run in process groups of their own (`ChildGuard`), so a Ctrl-C from the
+//! terminal reaches xtask alone, and xtask stops them.
+
+use std::fmt;
+use std::ptr;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result};
+
+static REQUESTED: AtomicBool = AtomicBool::new(false);
+
+/// The error every wait returns once SIGINT or SIGTERM arrived.
+#[derive(Debug)]
+pub struct Interrupted;
+
+impl fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("interrupted")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// Installs the handler for SIGINT and SIGTERM.
+pub fn install() -> Result<()> {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: a zeroed sigaction is valid; the handler only stores to an atomic, which is
+        // async-signal-safe.
+        let installed = unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_signal as *const () as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, ptr::null_mut())
+        };
+        if installed != 0 {
+            return Err(std::io::Error::last_os_error())
+                .context("cannot install a SIGINT/SIGTERM handler");
+        }
+    }
+    Ok(())
+}
+
+extern "C" fn on_signal(_: libc::c_int) {
+    REQUESTED.store(true, Ordering::SeqCst);
+}
+
+/// Fails with [`Interrupted`] once a signal arrived.
+pub fn check() -> Result<()> {
+    if REQUESTED.load(Ordering::SeqCst) {
+        Err(Interrupted.into())
+    } else {
+        Ok(())
+    }
+}

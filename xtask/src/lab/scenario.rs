@@ -1,0 +1,616 @@
+//! The scenario: for each middlebox mode a topology with its four nginx servers, the ladder
+//! without a fix, its summary and advice, then the ladder with the advice applied; at the end
+//! the before/after table and the checks.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use keepalive_lab::{Middlebox, MiddleboxMode, Topology, VIP_V4, cleanup_stale, in_netns};
+
+use super::client::{self, Applied, Client, Line, Request};
+use super::events::{Events, Msg, Source};
+use super::observer::{Finding, Observer, tail};
+use super::servers::{self, Servers};
+use super::summary::{self, Phase, Summary};
+use super::{Fix, LabArgs, PhaseSpec, interrupt};
+
+const PORT: u16 = 80;
+const SERVERS: usize = 4;
+/// Bounds of one request in the client (connect and read timeouts), and slack for Python.
+const REQUEST_BOUND: Duration = Duration::from_secs(10);
+const PHASE_SLACK: Duration = Duration::from_secs(20);
+/// A finding that arrives before the client's line about its request waits this long for it.
+const HOLD: Duration = Duration::from_secs(1);
+/// Bound on the fence's finding.
+const FENCE_TIMEOUT: Duration = Duration::from_secs(10);
+const WORKDIR_PREFIX: &str = "keepalive-lab-";
+
+/// Runs every phase of `args` with `ladder` against the observer at `observer_binary`.
+pub fn run(args: &LabArgs, ladder: &[f64], observer_binary: &Path) -> Result<Summary> {
+    interrupt::install()?;
+    check_programs()?;
+    for name in cleanup_stale()? {
+        println!("removed namespace {name}, left behind by a run that died");
+    }
+    remove_stale_workdirs();
+    let started = Instant::now();
+    let workdir = WorkDir::create()?;
+    let events = Events::new();
+
+    println!(
+        "keepalive-observer lab: the \"Connection reset behind a VIP\" incident (DESIGN §1), \
+         with a {} s middlebox timeout instead of 1800 s",
+        args.timeout
+    );
+    let floor = args.timeout - 1;
+    let (mut observer, ready) = Observer::start(
+        observer_binary,
+        floor,
+        &workdir.path.join("observer.stderr"),
+        &events,
+    )?;
+    println!(
+        "observer ready after {:.1} s on kernel {} in the root namespace{}",
+        started.elapsed().as_secs_f64(),
+        ready.kernel,
+        if ready.missing_signals.is_empty() {
+            String::new()
+        } else {
+            format!(" (missing: {})", ready.missing_signals.join("; "))
+        }
+    );
+    let nginx = servers::version()?;
+
+    let specs = args.middlebox.phases();
+    let mut phases: Vec<Phase> = Vec::new();
+    let mut site: Option<Site> = None;
+    for (index, spec) in specs.iter().enumerate() {
+        if !spec.fixed {
+            drop(site.take());
+            site = Some(Site::build(spec.mode, args.timeout, &workdir.path, &nginx)?);
+        }
+        let site = site.as_ref().context("no lab for the rerun")?;
+        let applied = match phases.last().filter(|_| spec.fixed) {
+            Some(before) => Some(apply(args.fix, before.window_ms)?),
+            None => None,
+        };
+        let title = match applied {
+            None => format!("middlebox {}, no fix", spec.mode),
+            Some(applied) => format!(
+                "middlebox {}, advice applied: {}",
+                spec.mode,
+                applied.describe()
+            ),
+        };
+        println!("\n== {}/{}  {title}", index + 1, specs.len());
+        let phase = PhaseRun::new(site, *spec, applied).run(
+            &events,
+            &mut observer,
+            ladder,
+            &workdir.path.join(format!("client-{index}.stderr")),
+        )?;
+        print_phase_summary(&phase, args.timeout);
+        phases.push(phase);
+    }
+    drop(site);
+    observer.stop()?;
+
+    let summary = Summary {
+        timeout_s: args.timeout,
+        ladder_s: ladder.to_vec(),
+        wall_time_s: started.elapsed().as_secs_f64(),
+        phases,
+    };
+    println!("\n== before / after\n{}", summary::table(&summary));
+    println!("\nchecks:");
+    for check in summary::checks(&summary) {
+        println!(
+            "  {}  {}",
+            if check.passed { "ok  " } else { "FAIL" },
+            check.what
+        );
+    }
+    println!(
+        "\nlab finished in {:.1} s (setup and build not included); everything it created is gone",
+        summary.wall_time_s
+    );
+    Ok(summary)
+}
+
+/// One middlebox mode's lab: namespaces, middlebox rules, nginx. Fields drop in order: the
+/// servers stop before their namespaces go.
+struct Site {
+    /// Kept for its drop, which stops nginx.
+    _servers: Servers,
+    topology: Topology,
+    /// Inodes of the lab's namespaces, as the observer's findings carry them.
+    inodes: BTreeSet<u32>,
+    client_inode: u32,
+}
+
+impl Site {
+    fn build(mode: MiddleboxMode, timeout: u32, workdir: &Path, nginx: &str) -> Result<Site> {
+        let started = Instant::now();
+        let topology = Topology::builder()
+            .servers(SERVERS)
+            .vip(true)
+            .middlebox(Middlebox {
+                mode,
+                established_timeout_secs: timeout,
+            })
+            .build()?;
+        interrupt::check()?;
+        let dir = workdir.join(format!("servers-{mode}"));
+        let servers = Servers::start(topology.servers(), PORT, &dir)?;
+        let mut inodes = BTreeSet::new();
+        for name in topology.netns_names() {
+            let path = Path::new(keepalive_lab::NETNS_DIR).join(name);
+            let inode = std::os::unix::fs::MetadataExt::ino(
+                &fs::metadata(&path).with_context(|| format!("cannot stat {}", path.display()))?,
+            );
+            inodes.insert(u32::try_from(inode).context("namespace inode exceeds 32 bits")?);
+        }
+        let client_inode = topology.client().netns().inode()?;
+        let addresses: Vec<String> = topology
+            .servers()
+            .iter()
+            .map(|server| server.ipv4().to_string())
+            .collect();
+        println!(
+            "\nlab up in {:.1} s: client {} -> VIP {VIP_V4}:{PORT} (middlebox {mode}: DNAT \
+             round-robin, conntrack forgets flows idle > {timeout} s) -> nginx {nginx} on {}",
+            started.elapsed().as_secs_f64(),
+            topology.client().ipv4(),
+            addresses.join(", ")
+        );
+        Ok(Site {
+            _servers: servers,
+            topology,
+            inodes,
+            client_inode,
+        })
+    }
+
+    /// Whether a finding is about this lab since `since_ns` (CLOCK_MONOTONIC): in one of its
+    /// namespaces, and not about the fence's loopback connection. Other labs on the host use
+    /// the same addresses in other namespaces, and a namespace's inode number is reused once it
+    /// is freed, so an event from before `since_ns` may carry one of ours (the observer can
+    /// report a death up to its close grace after the event).
+    fn owns(&self, finding: &Finding, since_ns: u64) -> bool {
+        finding.mono_ns >= since_ns
+            && self.inodes.contains(&finding.netns)
+            && !finding.local.ip().is_loopback()
+            && !finding.remote.ip().is_loopback()
+    }
+
+    fn vip(&self) -> SocketAddr {
+        SocketAddr::from((VIP_V4, PORT))
+    }
+}
+
+/// The fix from the advice: the observer advises TCP_KEEPIDLE below the window's lower bound
+/// (half of it as an example) or evicting pooled connections idle longer than that bound.
+fn apply(fix: Fix, window_ms: Option<(u64, u64)>) -> Result<Applied> {
+    let Some((lo_ms, _)) = window_ms else {
+        bail!(
+            "the observer learned no idle-timeout window in the run without the fix, so there \
+             is no advice to apply"
+        );
+    };
+    let lo_s = lo_ms / 1000;
+    if lo_s == 0 {
+        bail!("the learned window starts below 1 s ({lo_ms} ms): nothing to set");
+    }
+    Ok(match fix {
+        Fix::Keepalive => Applied::Keepalive {
+            idle_s: (lo_s / 2).max(1),
+        },
+        Fix::Evict => Applied::Evict { idle_s: lo_s },
+    })
+}
+
+/// One run of the ladder: prints outcomes and findings as they come and gathers them.
+struct PhaseRun<'a> {
+    site: &'a Site,
+    spec: PhaseSpec,
+    applied: Option<Applied>,
+    started: Instant,
+    /// CLOCK_MONOTONIC at the start: findings about earlier events belong to no run of ours.
+    since_ns: u64,
+    requests: Vec<Request>,
+    findings: Vec<Finding>,
+    /// Findings waiting for the line of their request, since when.
+    held: Vec<(Instant, Finding)>,
+    done: bool,
+    closed: bool,
+}
+
+impl<'a> PhaseRun<'a> {
+    fn new(site: &'a Site, spec: PhaseSpec, applied: Option<Applied>) -> Self {
+        PhaseRun {
+            site,
+            spec,
+            applied,
+            started: Instant::now(),
+            since_ns: monotonic_ns(),
+            requests: Vec::new(),
+            findings: Vec::new(),
+            held: Vec::new(),
+            done: false,
+            closed: false,
+        }
+    }
+
+    fn run(
+        mut self,
+        events: &Events,
+        observer: &mut Observer,
+        ladder: &[f64],
+        stderr: &Path,
+    ) -> Result<Phase> {
+        let pauses: f64 = ladder.iter().sum();
+        let attempts = u32::try_from(2 * (ladder.len() + 1)).unwrap_or(u32::MAX);
+        let budget = Duration::from_secs_f64(pauses) + REQUEST_BOUND * attempts + PHASE_SLACK;
+        let mut client = Client::start(
+            self.site.topology.client().netns(),
+            self.site.vip(),
+            ladder,
+            self.applied,
+            stderr,
+            events,
+        )?;
+        self.started = Instant::now();
+        let deadline = self.started + budget;
+        while !self.closed {
+            let tick = (Instant::now() + HOLD / 4).min(deadline);
+            match events.next(tick)? {
+                Some(msg) => self.handle(msg, observer)?,
+                None if Instant::now() >= deadline => bail!(
+                    "the client did not finish its ladder within {} s; its standard error:\n{}",
+                    budget.as_secs(),
+                    tail(client.stderr())
+                ),
+                None => {}
+            }
+            self.release_held(false);
+        }
+        let status = client.finish()?;
+        if !status.success() || !self.done {
+            bail!(
+                "the client failed ({status}); its standard error:\n{}",
+                tail(client.stderr())
+            );
+        }
+        self.fence(events, observer)?;
+        self.release_held(true);
+        let (window_ms, advice) = self
+            .findings
+            .iter()
+            .rev()
+            .filter(|finding| finding.remote == self.site.vip())
+            .find_map(|finding| {
+                finding
+                    .timeout_window_ms
+                    .map(|window| (Some(window), Some(finding.advice.clone())))
+            })
+            .unwrap_or_default();
+        Ok(Phase {
+            middlebox: self.spec.mode.to_string(),
+            fix: self.applied.map(Applied::short),
+            duration_s: self.started.elapsed().as_secs_f64(),
+            requests: self.requests,
+            findings: self.findings,
+            window_ms,
+            advice,
+        })
+    }
+
+    fn handle(&mut self, msg: Msg, observer: &mut Observer) -> Result<()> {
+        match msg {
+            Msg::Finding(finding) if self.site.owns(&finding, self.since_ns) => {
+                let printed = self
+                    .requests
+                    .iter()
+                    .any(|request| !request.ok && request.local == Some(finding.local));
+                if printed {
+                    println!("{}", self.finding_line(&finding));
+                } else {
+                    self.held.push((Instant::now(), (*finding).clone()));
+                }
+                self.findings.push(*finding);
+            }
+            Msg::Finding(_) | Msg::Ready(_) => {}
+            Msg::Client(Line::Config(config)) => println!(
+                "  client: Python {}, urllib3 {}, HTTPConnectionPool of {}, HTTP/1.1 keep-alive, \
+                 retries off, TCP_USER_TIMEOUT {} ms",
+                config.python,
+                config.urllib3,
+                config.pool_size,
+                client::USER_TIMEOUT_MS
+            ),
+            Msg::Client(Line::Request(request)) => {
+                println!("{}", self.request_line(&request));
+                let (mine, others): (Vec<_>, Vec<_>) = self
+                    .held
+                    .drain(..)
+                    .partition(|(_, finding)| !request.ok && request.local == Some(finding.local));
+                self.held = others;
+                for (_, finding) in mine {
+                    println!("{}", self.finding_line(&finding));
+                }
+                self.requests.push(request);
+            }
+            Msg::Client(Line::Evicted { local, idle_s }) => println!(
+                "  {}  the pool evicts {} after {idle_s:.2} s idle",
+                self.clock(),
+                local.as_deref().unwrap_or("a connection")
+            ),
+            Msg::Client(Line::Done) => self.done = true,
+            Msg::Closed(Source::Client) => self.closed = true,
+            Msg::Closed(Source::Observer) => bail!("{}", observer.exited()),
+            Msg::Unreadable(source, line) => {
+                println!("  warning: {} printed {line}", source.name());
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until the observer has handled every event of the run: a connection refused on
+    /// the client's loopback makes a NO_SOCKET reset, whose event comes after all earlier ones
+    /// through the observer's single ring buffer, and whose finding marks the point.
+    fn fence(&mut self, events: &Events, observer: &mut Observer) -> Result<()> {
+        let netns = self.site.topology.client().netns();
+        let marker = in_netns(netns, || -> io::Result<SocketAddr> {
+            let closed = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?;
+            match TcpStream::connect_timeout(&closed, Duration::from_secs(2)) {
+                Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => Ok(closed),
+                Err(error) => Err(error),
+                Ok(_) => Err(io::Error::other(
+                    "a just released port accepted a connection",
+                )),
+            }
+        })?
+        .context("the fence connection")?;
+        let deadline = Instant::now() + FENCE_TIMEOUT;
+        loop {
+            match events.next(deadline)? {
+                Some(Msg::Finding(finding))
+                    if finding.local == marker
+                        || (finding.remote == marker
+                            && finding.netns == self.site.client_inode) =>
+                {
+                    return Ok(());
+                }
+                Some(msg) => self.handle(msg, observer)?,
+                None => bail!(
+                    "keepalive-observer reported nothing about the fence connection to {marker} \
+                     within {} s",
+                    FENCE_TIMEOUT.as_secs()
+                ),
+            }
+        }
+    }
+
+    /// Prints held findings whose request line did not come in time (all of them at the end).
+    fn release_held(&mut self, all: bool) {
+        let now = Instant::now();
+        let (due, waiting): (Vec<_>, Vec<_>) = self
+            .held
+            .drain(..)
+            .partition(|(since, _)| all || now.duration_since(*since) >= HOLD);
+        self.held = waiting;
+        for (_, finding) in due {
+            println!("{}", self.finding_line(&finding));
+        }
+    }
+
+    fn clock(&self) -> String {
+        format!("+{:5.1}s", self.started.elapsed().as_secs_f64())
+    }
+
+    fn request_line(&self, request: &Request) -> String {
+        let step = match (request.attempt, request.pause_s) {
+            (1, Some(pause)) => format!("job {:<2} after {pause:>4} s idle", request.job),
+            (1, None) => format!("job {:<2} {:<16}", request.job, "opens the pool"),
+            _ => format!("job {:<2} {:<16}", request.job, "retried"),
+        };
+        let conn = request
+            .local
+            .map_or_else(|| "no connection".to_owned(), |local| local.to_string());
+        let new = if request.new_connection { " (new)" } else { "" };
+        if request.ok {
+            format!(
+                "  {}  {step}  ok      {} from {:<4}  via {conn}{new}",
+                self.clock(),
+                request.status.unwrap_or_default(),
+                request.body.as_deref().unwrap_or("?"),
+            )
+        } else {
+            let errno = request
+                .errno_name
+                .as_deref()
+                .map_or_else(String::new, |name| format!("{name} "));
+            format!(
+                "  {}  {step}  FAILED  {}  [{errno}after {:.1} s, via {conn}]",
+                self.clock(),
+                request.error.as_deref().unwrap_or("unknown error"),
+                request.elapsed_ms / 1000.0
+            )
+        }
+    }
+
+    fn finding_line(&self, finding: &Finding) -> String {
+        let mut facts = Vec::new();
+        if let Some(idle) = finding.idle_ms {
+            facts.push(format!("idle {}", seconds(idle)));
+        }
+        match (finding.rst_ttl, finding.peer_ttl) {
+            (Some(rst), Some(peer)) => facts.push(format!("RST TTL {rst}, server's TTL {peer}")),
+            (Some(rst), None) => facts.push(format!("RST TTL {rst}")),
+            (None, _) if finding.kind == "silent_timeout" => facts.push("no RST".to_owned()),
+            (None, _) => {}
+        }
+        if let Some(reason) = &finding.reason {
+            facts.push(format!("reason {reason}"));
+        }
+        if let Some((lo, hi)) = finding.timeout_window_ms {
+            facts.push(format!("window ({}, {}]", seconds(lo), seconds(hi)));
+        }
+        format!(
+            "  {}    observer: {}/{} ({}) {} -> {}: {}",
+            self.clock(),
+            finding.verdict,
+            finding.kind,
+            finding.confidence,
+            finding.local,
+            finding.remote,
+            facts.join(", ")
+        )
+    }
+}
+
+fn print_phase_summary(phase: &Phase, timeout: u32) {
+    println!(
+        "  summary: {} in {:.1} s",
+        phase.requests_line(),
+        phase.duration_s
+    );
+    if phase.findings.is_empty() {
+        println!("  findings: none");
+    } else {
+        println!(
+            "  findings: {} ({})",
+            phase.findings.len(),
+            phase.findings_by_kind()
+        );
+    }
+    if let Some((lo, hi)) = phase.window_ms {
+        println!(
+            "  learned idle timeout of {VIP_V4}:{PORT}: above {} and at most {} (configured: \
+             {timeout} s)",
+            seconds(lo),
+            seconds(hi)
+        );
+    }
+    if let Some(advice) = &phase.advice {
+        println!("  advice: {advice}");
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the clock of the observer's `mono_ns`.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec to write into; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    let secs = u64::try_from(now.tv_sec).unwrap_or_default();
+    let nanos = u64::try_from(now.tv_nsec).unwrap_or_default();
+    secs.saturating_mul(1_000_000_000).saturating_add(nanos)
+}
+
+fn seconds(ms: u64) -> String {
+    format!("{:.2} s", Duration::from_millis(ms).as_secs_f64())
+}
+
+fn check_programs() -> Result<()> {
+    let missing: Vec<String> = [
+        (Path::new(servers::NGINX), "nginx"),
+        (Path::new(client::PYTHON), "python3-urllib3"),
+    ]
+    .into_iter()
+    .filter(|(path, _)| !path.exists())
+    .map(|(path, package)| format!("{} (Debian package {package})", path.display()))
+    .collect();
+    if !missing.is_empty() {
+        bail!(
+            "missing {}: `cargo xtask setup` installs them as root",
+            missing.join(", ")
+        );
+    }
+    let script = client::script();
+    if !script.exists() {
+        bail!("the client script {} is missing", script.display());
+    }
+    Ok(())
+}
+
+/// The run's files (nginx configurations and logs, standard error of the children); removed
+/// when dropped.
+struct WorkDir {
+    path: PathBuf,
+}
+
+impl WorkDir {
+    fn create() -> Result<WorkDir> {
+        let path = std::env::temp_dir().join(format!("{WORKDIR_PREFIX}{}", std::process::id()));
+        if path.exists() {
+            fs::remove_dir_all(&path)
+                .with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+        fs::create_dir(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(WorkDir { path })
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if let Err(error) = fs::remove_dir_all(&self.path) {
+            eprintln!("warning: cannot remove {}: {error}", self.path.display());
+        }
+    }
+}
+
+/// Removes the work directories of runs whose process is gone (killed before their clean-up).
+fn remove_stale_workdirs() {
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|name| name.strip_prefix(WORKDIR_PREFIX))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid.to_string()).exists()
+            && fs::remove_dir_all(entry.path()).is_ok()
+        {
+            println!(
+                "removed {}, left behind by a run that died",
+                entry.path().display()
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fix_comes_from_the_window() {
+        assert_eq!(
+            apply(Fix::Keepalive, Some((4003, 5502))).unwrap(),
+            Applied::Keepalive { idle_s: 2 }
+        );
+        assert_eq!(
+            apply(Fix::Evict, Some((4003, 5502))).unwrap(),
+            Applied::Evict { idle_s: 4 }
+        );
+        assert_eq!(
+            apply(Fix::Keepalive, Some((1500, 2500))).unwrap(),
+            Applied::Keepalive { idle_s: 1 }
+        );
+        assert!(apply(Fix::Keepalive, None).is_err());
+        assert!(apply(Fix::Evict, Some((800, 2500))).is_err());
+    }
+}
