@@ -64,7 +64,19 @@ pub mod flags {
     pub const KEEPALIVE_ON: u8 = 1 << 2;
     /// The addresses come from a segment (`skb`) rather than a socket.
     pub const FROM_SEGMENT: u8 = 1 << 3;
+    /// [`EventKind::ResetSent`](super::EventKind::ResetSent): the hook had no reset reason
+    /// (kernels before 6.10); [`Event::reason`](super::Event::reason) means nothing.
+    pub const NO_REASON: u8 = 1 << 4;
+    /// [`EventKind::ResetSent`](super::EventKind::ResetSent): `SO_LINGER` was on with a zero
+    /// linger time (`SOCK_LINGER` set, `sk_lingertime` 0).
+    pub const LINGER_ZERO: u8 = 1 << 5;
+    /// [`EventKind::ResetSent`](super::EventKind::ResetSent): keepalive was on and its probes
+    /// were used up (`icsk_probes_out` at or above the socket's or the namespace's count).
+    pub const PROBES_EXHAUSTED: u8 = 1 << 6;
 }
+
+/// [`ProbeConfig`] argument position meaning "the function has no such argument".
+pub const NO_ARG: u32 = u32::MAX;
 
 /// TCP flag bits as they appear in [`Event::tcp_flags`] (byte 13 of the TCP header).
 pub mod tcp_flags {
@@ -141,8 +153,10 @@ pub struct Event {
     pub tid: u32,
     /// `comm` of the task that was current, NUL-padded.
     pub comm: [u8; 16],
-    /// Explicit tail padding to a multiple of 8 bytes, always zero.
-    pub _reserved: u32,
+    /// [`EventKind::ResetSent`] on a full TCP socket: bytes received but not read by the
+    /// application (`rcv_nxt - copied_seq`, a received FIN counts as one). Zero in other
+    /// events and in records from builds before this field (it was zero padding then).
+    pub unread: u32,
 }
 
 impl Event {
@@ -178,7 +192,7 @@ impl Event {
             pid: 0,
             tid: 0,
             comm: [0; 16],
-            _reserved: 0,
+            unread: 0,
         }
     }
 }
@@ -245,6 +259,14 @@ pub struct KernelOffsets {
     pub skb_network_header: u32,
     /// `sk_buff.transport_header` (u16 offset from head).
     pub skb_transport_header: u32,
+    /// `sock.sk_lingertime` (unsigned long, jiffies).
+    pub sk_lingertime: u32,
+    /// `tcp_sock.rcv_nxt` (u32).
+    pub rcv_nxt: u32,
+    /// `tcp_sock.copied_seq` (u32).
+    pub copied_seq: u32,
+    /// `net.ipv4.sysctl_tcp_keepalive_probes` (u8): the namespace's keepalive count.
+    pub net_keepalive_probes: u32,
 }
 
 /// Everything the programs need to know about the running kernel and the daemon's settings.
@@ -260,6 +282,16 @@ pub struct ProbeConfig {
     pub sock_keepopen_bit: u32,
     /// A send after at least this many jiffies without receiving emits [`EventKind::IdleSend`].
     pub idle_floor_jiffies: u32,
+    /// Bit number of `SOCK_LINGER` in `enum sock_flags`.
+    pub sock_linger_bit: u32,
+    /// Position of the `enum sk_rst_reason` argument of `tcp_send_active_reset`, or
+    /// [`NO_ARG`]: it moved from kernel to kernel (none before 6.10).
+    pub active_reset_reason_arg: u32,
+    /// Position of the `enum sk_rst_reason` argument of `tcp_v4_send_reset` and
+    /// `tcp_v6_send_reset`, or [`NO_ARG`].
+    pub reply_reset_reason_arg: u32,
+    /// Explicit tail padding to a multiple of 8 bytes, always zero.
+    pub _pad: u32,
 }
 
 /// TCP states as the kernel numbers them (`include/net/tcp_states.h`, stable ABI).
@@ -313,8 +345,9 @@ mod tests {
         assert_eq!(size_of::<Event>(), 128);
         assert_eq!(align_of::<Event>(), 8);
         // An even number of u32 offsets keeps the u64 after them aligned without padding.
-        assert_eq!(size_of::<KernelOffsets>(), 28 * 4);
-        assert_eq!(size_of::<ProbeConfig>(), 28 * 4 + 8 + 4 + 4);
+        assert_eq!(size_of::<KernelOffsets>(), 32 * 4);
+        assert_eq!(size_of::<ProbeConfig>(), 32 * 4 + 8 + 6 * 4);
+        assert_eq!(core::mem::offset_of!(Event, unread), 124);
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! The ring buffer, the lost-event counter and the configuration global.
 
+use core::ops::{Deref, DerefMut};
+
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_jiffies64, bpf_ktime_get_ns},
     macros::map,
-    maps::{PerCpuArray, RingBuf},
+    maps::{PerCpuArray, RingBuf, ring_buf::RingBufEntry},
 };
 use keepalive_common::{EVENTS_RING_BYTES, Event, EventKind, ProbeConfig};
 
@@ -45,10 +47,18 @@ static CONFIG: ProbeConfig = ProbeConfig {
         skb_head: 0,
         skb_network_header: 0,
         skb_transport_header: 0,
+        sk_lingertime: 0,
+        rcv_nxt: 0,
+        copied_seq: 0,
+        net_keepalive_probes: 0,
     },
     keepalive_timer_fn: 0,
     sock_keepopen_bit: 0,
     idle_floor_jiffies: 0,
+    sock_linger_bit: 0,
+    active_reset_reason_arg: keepalive_common::NO_ARG,
+    reply_reset_reason_arg: keepalive_common::NO_ARG,
+    _pad: 0,
 };
 
 /// The configuration, read through a volatile load so the compiler cannot fold the zeroes
@@ -59,10 +69,41 @@ pub fn config() -> &'static ProbeConfig {
     unsafe { &*core::ptr::read_volatile(&&raw const CONFIG) }
 }
 
-/// A new event with the clock, jiffies and the current task filled in.
+/// An event being written straight into its slot of the ring buffer, until [`submit`].
+///
+/// Events are built in ring-buffer memory rather than on the stack: the verifier tracks
+/// every stack byte per path (zero or not), and with events on the stack the states of the
+/// reset programs, which fill many fields on some paths only, grew past its limit.
+pub struct Pending(RingBufEntry<Event>);
+
+impl Deref for Pending {
+    type Target = Event;
+
+    fn deref(&self) -> &Event {
+        // SAFETY: `new_event` initialised the whole entry before wrapping it.
+        unsafe { self.0.assume_init_ref() }
+    }
+}
+
+impl DerefMut for Pending {
+    fn deref_mut(&mut self) -> &mut Event {
+        // SAFETY: as above.
+        unsafe { self.0.assume_init_mut() }
+    }
+}
+
+/// A new event in the ring buffer with the clock, jiffies and the current task filled in;
+/// `None`, counted as lost, when the ring buffer is full.
 #[inline(always)]
-pub fn new_event(kind: EventKind) -> Event {
-    let mut event = Event::zeroed(kind);
+pub fn new_event(kind: EventKind) -> Option<Pending> {
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        if let Some(lost) = LOST_EVENTS.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
+            unsafe { *lost += 1 };
+        }
+        return None;
+    };
+    let event = entry.write(Event::zeroed(kind));
     // SAFETY: plain helper calls without pointer arguments.
     unsafe {
         event.ts_ns = bpf_ktime_get_ns();
@@ -72,16 +113,11 @@ pub fn new_event(kind: EventKind) -> Event {
     event.pid = (pid_tgid >> 32) as u32;
     event.tid = pid_tgid as u32;
     event.comm = bpf_get_current_comm().unwrap_or_default();
-    event
+    Some(Pending(entry))
 }
 
-/// Pushes the event to userspace, counting it as lost when the ring buffer is full.
+/// Hands the event to userspace.
 #[inline(always)]
-pub fn submit(event: &Event) {
-    if EVENTS.output(event, 0).is_err()
-        && let Some(lost) = LOST_EVENTS.get_ptr_mut(0)
-    {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
-        unsafe { *lost += 1 };
-    }
+pub fn submit(event: Pending) {
+    event.0.submit(0);
 }

@@ -49,10 +49,12 @@ pub fn tcp_sendmsg_locked(ctx: BtfTracePointContext) -> i32 {
     if AWAITING_REPLY.insert(&cookie, &now, BPF_NOEXIST).is_err() {
         return 0;
     }
-    let mut event = new_event(EventKind::IdleSend);
+    let Some(mut event) = new_event(EventKind::IdleSend) else {
+        return 0;
+    };
     fill_from_sock(&mut event, sk);
     event.cookie = cookie;
-    submit(&event);
+    submit(event);
     0
 }
 
@@ -69,10 +71,12 @@ pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let _ = AWAITING_REPLY.remove(&cookie);
-    let mut event = new_event(EventKind::ReplyAfterIdle);
+    let Some(mut event) = new_event(EventKind::ReplyAfterIdle) else {
+        return 0;
+    };
     fill_from_sock(&mut event, sk);
     event.cookie = cookie;
     event.bytes = received;
-    submit(&event);
+    submit(event);
     0
 }

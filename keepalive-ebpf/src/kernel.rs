@@ -91,3 +91,38 @@ pub fn fill_from_sock(event: &mut Event, sk: *const u8) {
         event.flags |= flags::KEEPALIVE_ON;
     }
 }
+
+/// For an RST this host sends on a socket: what tells the kind of close when the kernel
+/// gives no reason, as [`flags`] bits (`LINGER_ZERO`, `PROBES_EXHAUSTED`) and the bytes not
+/// read by the application. Zero for anything but a full TCP socket.
+#[inline(always)]
+pub fn reset_facts(sk: *const u8) -> (u8, u32) {
+    if !is_full_tcp(sk) {
+        return (0, 0);
+    }
+    let cfg = config();
+    let o = &cfg.offsets;
+    let sk_flags: u64 = read(sk, o.skc_flags);
+    let lingertime: u64 = read(sk, o.sk_lingertime);
+    let rcv_nxt: u32 = read(sk, o.rcv_nxt);
+    let copied_seq: u32 = read(sk, o.copied_seq);
+    let probes_out: u8 = read(sk, o.icsk_probes_out);
+    let socket_count: u8 = read(sk, o.keepalive_probes);
+    let net: u64 = read(sk, o.skc_net);
+    // A NULL `net` makes the read fault, which yields 0: no branch needed.
+    let net_count: u8 = read(net as *const u8, o.net_keepalive_probes);
+    let count = if socket_count != 0 {
+        socket_count
+    } else {
+        net_count
+    };
+    let keepalive_on = sk_flags & (1 << (cfg.sock_keepopen_bit & 63)) != 0;
+    let mut bits = 0;
+    if sk_flags & (1 << (cfg.sock_linger_bit & 63)) != 0 && lingertime == 0 {
+        bits |= flags::LINGER_ZERO;
+    }
+    if keepalive_on && count != 0 && probes_out >= count {
+        bits |= flags::PROBES_EXHAUSTED;
+    }
+    (bits, rcv_nxt.wrapping_sub(copied_seq))
+}

@@ -7,8 +7,12 @@
 mod emit;
 mod idle_reuse;
 mod keepalive_timer;
+mod keepalive_timer_fentry;
+mod keepalive_timer_kprobe;
 mod kernel;
 mod resets;
+mod resets_fentry;
+mod resets_kprobe;
 mod segment_ttl;
 mod socket_state;
 

@@ -1,49 +1,96 @@
-//! RSTs sent and received.
+//! RSTs sent and received, and the tracepoint programs for them.
 //!
 //! `tcp_send_reset(sk, skb, reason)` fires for both ways this host sends an RST: on its own
 //! socket (`tcp_send_active_reset`, skb NULL) and in reply to a segment (`tcp_v{4,6}_send_reset`,
 //! skb set; sk NULL when no socket owns the segment). `tcp_receive_reset(sk)` fires in
-//! `tcp_reset` when an RST arrives on a socket. Both exist from 6.10 (reason from 6.10 too).
+//! `tcp_reset` when an RST arrives on a socket. The reason argument exists from 6.10; before
+//! that the tracepoint is `tcp_send_reset(sk, skb)` and does not fire for NO_SOCKET replies.
+//! The fentry and kprobe variants (`resets_fentry`, `resets_kprobe`) emit through the same
+//! functions.
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use keepalive_common::{EventKind, flags};
 
 use crate::{
     emit::{config, new_event, submit},
-    kernel::{cookie_of, fill_from_sock, read},
+    kernel::{cookie_of, fill_from_sock, read, reset_facts},
 };
 
 const ETH_IPV4: u8 = 4;
 const ETH_IPV6: u8 = 6;
+
+/// Emits [`EventKind::ResetSent`]. `sk` is NULL when no socket owns the segment being
+/// answered, `skb` is NULL for an RST on the socket's own connection, `reason` is `None`
+/// when the hook has no reset reason.
+#[inline(always)]
+pub fn reset_sent(sk: *const u8, skb: *const u8, reason: Option<u64>, cookie: u64) {
+    let Some(mut event) = new_event(EventKind::ResetSent) else {
+        return;
+    };
+    let (facts, unread) = if sk.is_null() {
+        (0, 0)
+    } else {
+        reset_facts(sk)
+    };
+    let no_reason = if reason.is_some() {
+        0
+    } else {
+        flags::NO_REASON
+    };
+    event.reason = reason.unwrap_or(0) as u32;
+    event.flags = facts | no_reason;
+    event.unread = unread;
+    if !sk.is_null() {
+        fill_from_sock(&mut event, sk);
+        event.cookie = cookie;
+    }
+    if !skb.is_null() {
+        fill_from_segment(&mut event, skb);
+    }
+    submit(event);
+}
+
+/// Emits [`EventKind::ResetReceived`] for an RST that arrived on `sk`.
+#[inline(always)]
+pub fn reset_received(sk: *const u8, cookie: u64) {
+    if sk.is_null() {
+        return;
+    }
+    let Some(mut event) = new_event(EventKind::ResetReceived) else {
+        return;
+    };
+    fill_from_sock(&mut event, sk);
+    event.cookie = cookie;
+    submit(event);
+}
 
 #[btf_tracepoint(function = "tcp_send_reset")]
 pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let skb: *const u8 = ctx.arg(1);
     let reason: u64 = ctx.arg(2);
-    let mut event = new_event(EventKind::ResetSent);
-    event.reason = reason as u32;
-    if !sk.is_null() {
-        fill_from_sock(&mut event, sk);
-        event.cookie = cookie_of(sk);
+    reset_sent(sk, skb, Some(reason), cookie_of(sk));
+    0
+}
+
+/// The tracepoint before 6.10: `tcp_send_reset(sk, skb)`, no reason. Only RSTs on the
+/// socket's own connection are taken from it: it misses NO_SOCKET replies, so replies come
+/// from `tcp_v{4,6}_send_reset` hooks or not at all.
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn tcp_send_reset_no_reason(ctx: BtfTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    let skb: *const u8 = ctx.arg(1);
+    if sk.is_null() || !skb.is_null() {
+        return 0;
     }
-    if !skb.is_null() {
-        fill_from_segment(&mut event, skb);
-    }
-    submit(&event);
+    reset_sent(sk, skb, None, cookie_of(sk));
     0
 }
 
 #[btf_tracepoint(function = "tcp_receive_reset")]
 pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
-    if sk.is_null() {
-        return 0;
-    }
-    let mut event = new_event(EventKind::ResetReceived);
-    fill_from_sock(&mut event, sk);
-    event.cookie = cookie_of(sk);
-    submit(&event);
+    reset_received(sk, cookie_of(sk));
     0
 }
 

@@ -53,7 +53,9 @@ pub fn segment_ttl(ctx: SkBuffContext) -> i32 {
     if segment_flags & (tcp_flags::SYN | tcp_flags::RST) == 0 {
         return 1;
     }
-    let mut event = new_event(EventKind::SegmentTtl);
+    let Some(mut event) = new_event(EventKind::SegmentTtl) else {
+        return 1;
+    };
     event.family = family;
     event.ttl = ttl;
     event.tcp_flags = segment_flags;
@@ -72,6 +74,6 @@ pub fn segment_ttl(ctx: SkBuffContext) -> i32 {
     event.local_port = u16::from_be(unsafe { *((tcp + 2) as *const u16) });
     // SAFETY: the context pointer is the program's own skb.
     event.cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    submit(&event);
+    submit(event);
     1
 }

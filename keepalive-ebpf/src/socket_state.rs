@@ -18,12 +18,14 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     if sk.is_null() || !is_full_tcp(sk) {
         return 0;
     }
-    let mut event = new_event(EventKind::StateChange);
+    let Some(mut event) = new_event(EventKind::StateChange) else {
+        return 0;
+    };
     fill_from_sock(&mut event, sk);
     event.old_state = old as u8;
     event.new_state = new as u8;
     event.cookie = cookie_of(sk);
-    submit(&event);
+    submit(event);
     0
 }
 
@@ -33,9 +35,11 @@ pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> i32 {
     if sk.is_null() || !is_full_tcp(sk) {
         return 0;
     }
-    let mut event = new_event(EventKind::SocketError);
+    let Some(mut event) = new_event(EventKind::SocketError) else {
+        return 0;
+    };
     fill_from_sock(&mut event, sk);
     event.cookie = cookie_of(sk);
-    submit(&event);
+    submit(event);
     0
 }

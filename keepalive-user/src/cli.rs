@@ -59,6 +59,10 @@ pub struct RunArgs {
     /// Attach the TTL program to this cgroup v2 directory instead of the hierarchy's root.
     #[arg(long, value_name = "DIR")]
     pub cgroup: Option<PathBuf>,
+    /// Which kernel hooks to use: `auto` takes the best the kernel offers for each signal;
+    /// `tracepoint`, `fentry` or `kprobe` use only that kind wherever a signal has one.
+    #[arg(long, value_enum, default_value_t = Hooks::Auto)]
+    pub hooks: Hooks,
     /// Print lost-event totals this often (seconds; 0: only at exit).
     #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
     pub stats_interval: Duration,
@@ -71,6 +75,20 @@ pub enum Format {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// Which kernel hooks to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Hooks {
+    /// The best hook the kernel offers for each signal (tracepoints where they carry
+    /// everything, then fentry, then kprobes).
+    Auto,
+    /// BTF tracepoints only, where a signal has one.
+    Tracepoint,
+    /// fentry only, where a signal has one.
+    Fentry,
+    /// kprobes only, where a signal has one.
+    Kprobe,
 }
 
 /// Whether to log to journald.
@@ -112,5 +130,13 @@ mod tests {
         let cli = Cli::try_parse_from(["keepalive-observer", "replay", "x.jsonl"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Replay { .. })));
         assert!(Cli::try_parse_from(["keepalive-observer", "--format", "xml"]).is_err());
+        assert_eq!(cli_hooks(&[]), Hooks::Auto);
+        assert_eq!(cli_hooks(&["--hooks", "kprobe"]), Hooks::Kprobe);
+        assert!(Cli::try_parse_from(["keepalive-observer", "--hooks", "uprobe"]).is_err());
+    }
+
+    fn cli_hooks(args: &[&str]) -> Hooks {
+        let argv = std::iter::once("keepalive-observer").chain(args.iter().copied());
+        Cli::try_parse_from(argv).unwrap().run.hooks
     }
 }

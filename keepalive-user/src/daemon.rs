@@ -5,7 +5,10 @@ use std::{fs::File, io::BufWriter};
 use anyhow::Context as _;
 use keepalive_observer::{
     correlate::{Correlator, CorrelatorConfig, KeepaliveSysctls},
-    kernel::observer::{LoadOptions, Observer},
+    kernel::{
+        hooks::{HookChoice, HookKind},
+        observer::{LoadOptions, Observer},
+    },
     record::{RecordHeader, Recorder},
     sink::{
         Fanout, HookLine, HookStatus, JournaldSink, JsonSink, Sink, SinkError, StartupReport,
@@ -15,7 +18,7 @@ use keepalive_observer::{
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    cli::{Format, Journald, RunArgs},
+    cli::{Format, Hooks, Journald, RunArgs},
     pipeline::{Pipeline, PipelineError},
 };
 
@@ -25,6 +28,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut observer = Observer::load(&LoadOptions {
         idle_floor: args.idle_floor,
         cgroup: args.cgroup.clone(),
+        hooks: match args.hooks {
+            Hooks::Auto => HookChoice::Auto,
+            Hooks::Tracepoint => HookChoice::Only(HookKind::Tracepoint),
+            Hooks::Fentry => HookChoice::Only(HookKind::Fentry),
+            Hooks::Kprobe => HookChoice::Only(HookKind::Kprobe),
+        },
     })?;
     let sinks = open_sinks(args.format, args.journald, clock)?;
     let sysctls = KeepaliveSysctls::read_host()?;

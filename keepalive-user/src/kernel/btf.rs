@@ -6,7 +6,7 @@
 
 use std::{collections::BTreeMap, path::Path};
 
-use btf::btf::{Btf, FlattenedType, Type};
+use btf::btf::{Btf, FlattenedType, FunctionParam, Type};
 use keepalive_common::KernelOffsets;
 
 /// Where the kernel exposes its own BTF.
@@ -185,6 +185,62 @@ impl KernelBtf {
             .collect())
     }
 
+    /// The arguments of kernel function `name` (its `FUNC` prototype), or `None` when the
+    /// kernel's BTF has no such function.
+    pub fn function_args(&self, name: &str) -> Option<FunctionArgs> {
+        let function = self
+            .btf
+            .get_types()
+            .iter()
+            .find(|t| t.is_function && t.num_refs == 0 && t.name.as_deref() == Some(name))?;
+        let Type::FunctionProto(proto) = &function.base_type else {
+            return None;
+        };
+        Some(self.args_of(&proto.params))
+    }
+
+    /// The arguments a `tp_btf` program gets from tracepoint `name` (the prototype of its
+    /// `btf_trace_<name>` typedef without the leading context pointer), or `None` when the
+    /// kernel has no such tracepoint.
+    pub fn tracepoint_args(&self, name: &str) -> Option<FunctionArgs> {
+        let typedef = format!("btf_trace_{name}");
+        let tracepoint = self
+            .btf
+            .get_types()
+            .iter()
+            .find(|t| t.name.as_deref() == Some(typedef.as_str()))?;
+        let Type::FunctionProto(proto) = &tracepoint.base_type else {
+            return None;
+        };
+        Some(self.args_of(proto.params.get(1..).unwrap_or_default()))
+    }
+
+    fn args_of(&self, params: &[FunctionParam]) -> FunctionArgs {
+        let is_reason = |param: &FunctionParam| {
+            self.btf
+                .get_type_by_id(param.type_id)
+                .is_ok_and(|t| match &t.base_type {
+                    // Named through the enumerators: a `const enum` parameter carries no name.
+                    Type::Enum32(e) | Type::Enum64(e) if t.num_refs == 0 => {
+                        e.entries.iter().any(|entry| {
+                            entry
+                                .name
+                                .as_deref()
+                                .is_some_and(|n| n.starts_with("SK_RST_REASON_"))
+                        })
+                    }
+                    _ => false,
+                })
+        };
+        FunctionArgs {
+            count: u32::try_from(params.len()).unwrap_or(u32::MAX),
+            reason: params
+                .iter()
+                .position(is_reason)
+                .and_then(|p| u32::try_from(p).ok()),
+        }
+    }
+
     /// The value of one enumerator.
     pub fn enum_value(&self, enumeration: &str, name: &str) -> Result<i64, BtfError> {
         self.enum_values(enumeration)?
@@ -257,8 +313,21 @@ impl KernelBtf {
             skb_head: skb("head", 8)?,
             skb_network_header: skb("network_header", 2)?,
             skb_transport_header: skb("transport_header", 2)?,
+            sk_lingertime: sock("sk_lingertime", 8)?,
+            rcv_nxt: tcp("rcv_nxt", 4)?,
+            copied_seq: tcp("copied_seq", 4)?,
+            net_keepalive_probes: self.byte_offset("net", "ipv4.sysctl_tcp_keepalive_probes", 1)?,
         })
     }
+}
+
+/// The arguments of a kernel function or tracepoint, as its BTF prototype declares them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FunctionArgs {
+    /// How many arguments there are.
+    pub count: u32,
+    /// Position of the `enum sk_rst_reason` argument, when there is one.
+    pub reason: Option<u32>,
 }
 
 struct FoundMember {
@@ -334,5 +403,35 @@ mod tests {
         assert!(btf.has_btf_tracepoint("inet_sock_set_state"));
         assert!(!btf.has_btf_tracepoint("no_such_tracepoint"));
         assert!(btf.enum_value("sock_flags", "SOCK_KEEPOPEN").is_ok());
+    }
+
+    #[test]
+    fn function_prototypes_give_argument_positions() {
+        let Some(btf) = kernel() else { return };
+        let reset = btf.function_args("tcp_reset").expect("tcp_reset is in BTF");
+        assert_eq!(reset.reason, None);
+        assert!(reset.count >= 1, "{reset:?}");
+        assert_eq!(
+            btf.tracepoint_args("tcp_receive_reset"),
+            Some(FunctionArgs {
+                count: 1,
+                reason: None
+            })
+        );
+        assert_eq!(btf.function_args("no_such_function"), None);
+        assert_eq!(btf.tracepoint_args("no_such_tracepoint"), None);
+        // The reason moved between kernels; from 6.10 every reset function has one.
+        if !btf.reset_reasons().is_empty() {
+            let active = btf.function_args("tcp_send_active_reset").unwrap();
+            assert_eq!(active.reason, Some(active.count - 1), "{active:?}");
+            assert_eq!(
+                btf.function_args("tcp_v4_send_reset").unwrap().reason,
+                Some(2)
+            );
+            assert_eq!(
+                btf.tracepoint_args("tcp_send_reset").unwrap().reason,
+                Some(2)
+            );
+        }
     }
 }

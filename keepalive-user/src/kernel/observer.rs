@@ -1,6 +1,7 @@
 //! Loading the eBPF object, attaching its hooks, and reading the ring buffer.
 
 use std::{
+    collections::BTreeSet,
     fs::File,
     io,
     path::{Path, PathBuf},
@@ -10,14 +11,14 @@ use std::{
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
+    programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, FEntry, KProbe},
 };
-use keepalive_common::{CONFIG_GLOBAL, EVENTS_MAP, LOST_MAP, ProbeConfig};
+use keepalive_common::{CONFIG_GLOBAL, EVENTS_MAP, LOST_MAP, NO_ARG, ProbeConfig};
 use tokio::io::{Interest, unix::AsyncFd};
 
 use super::{
     btf::{BtfError, KernelBtf, VMLINUX_BTF},
-    hooks::{Hook, HookOutcome, SIGNALS},
+    hooks::{FunctionTarget, Hook, HookChoice, HookKind, HookOutcome, SIGNALS, TracepointReason},
     hz::{HzError, kernel_hz},
     kallsyms::symbol_address,
 };
@@ -80,6 +81,8 @@ pub struct LoadOptions {
     pub idle_floor: Duration,
     /// The cgroup v2 directory the TTL program is attached to; `None` finds the root.
     pub cgroup: Option<PathBuf>,
+    /// Which hooks may be used.
+    pub hooks: HookChoice,
 }
 
 /// The loaded, attached observer. Dropping it detaches every program.
@@ -109,6 +112,11 @@ impl Observer {
             sock_keepopen_bit: u32::try_from(kernel.enum_value("sock_flags", "SOCK_KEEPOPEN")?)
                 .unwrap_or(u32::MAX),
             idle_floor_jiffies: duration_to_jiffies(options.idle_floor, hz),
+            sock_linger_bit: u32::try_from(kernel.enum_value("sock_flags", "SOCK_LINGER")?)
+                .unwrap_or(u32::MAX),
+            active_reset_reason_arg: reason_arg(&kernel, "tcp_send_active_reset"),
+            reply_reset_reason_arg: reason_arg(&kernel, "tcp_v4_send_reset"),
+            _pad: 0,
         };
         let mut ebpf = EbpfLoader::new()
             .override_global(CONFIG_GLOBAL, &config, true)
@@ -116,12 +124,16 @@ impl Observer {
         let btf = Btf::from_sys_fs()?;
         let cgroup = options.cgroup.clone().or_else(cgroup2_root);
         let mut hooks = Vec::new();
+        let mut attached = BTreeSet::new();
         for signal in SIGNALS {
             let mut outcome = Err("no hook for this kernel".to_owned());
             let mut label = String::new();
-            for hook in signal.hooks {
+            for hook in options.hooks.candidates(signal) {
                 label = hook.label();
-                outcome = if signal.name == "keepalive timer" {
+                outcome = if hook.programs().iter().all(|p| attached.contains(p)) {
+                    // Already attached for another signal (one program, two signals).
+                    Ok(())
+                } else if signal.name == "keepalive timer" && hook.kind() == HookKind::Tracepoint {
                     keepalive_timer
                         .as_ref()
                         .map_err(ToString::to_string)
@@ -130,6 +142,7 @@ impl Observer {
                     attach(&mut ebpf, hook, &kernel, &btf, cgroup.as_deref())
                 };
                 if outcome.is_ok() {
+                    attached.extend(hook.programs());
                     break;
                 }
             }
@@ -204,24 +217,55 @@ fn attach(
     btf: &Btf,
     cgroup: Option<&Path>,
 ) -> Result<(), String> {
-    let program = ebpf
-        .program_mut(hook.program())
-        .ok_or_else(|| format!("program {} missing from the eBPF object", hook.program()))?;
     match hook {
-        Hook::BtfTracepoint { tracepoint, .. } => {
-            if !kernel.has_btf_tracepoint(tracepoint) {
-                return Err(format!("this kernel has no tracepoint {tracepoint}"));
+        Hook::BtfTracepoint {
+            program,
+            tracepoint,
+            reason,
+        } => {
+            let args = kernel
+                .tracepoint_args(tracepoint)
+                .ok_or_else(|| format!("this kernel has no tracepoint {tracepoint}"))?;
+            if let TracepointReason::At(position) = reason
+                && args.reason != Some(*position)
+            {
+                return Err(format!(
+                    "tracepoint {tracepoint} has no reset reason here (kernels before 6.10)"
+                ));
             }
-            let program: &mut BtfTracePoint = program.try_into().map_err(|e| format!("{e}"))?;
+            let program: &mut BtfTracePoint = program_mut(ebpf, program)?;
             program
                 .load(tracepoint, btf)
                 .map_err(|e| verifier_error(&e))?;
             program.attach().map_err(|e| format!("attach: {e}"))?;
         }
-        Hook::CgroupSkbIngress { .. } => {
+        Hook::Fentry { targets } => {
+            for FunctionTarget { program, function } in *targets {
+                if kernel.function_args(function).is_none() {
+                    return Err(format!("kernel BTF has no function {function}"));
+                }
+                let program: &mut FEntry = program_mut(ebpf, program)?;
+                program
+                    .load(function, btf)
+                    .map_err(|e| format!("{function}: {}", verifier_error(&e)))?;
+                program
+                    .attach()
+                    .map_err(|e| format!("attach to {function}: {e}"))?;
+            }
+        }
+        Hook::Kprobe { targets } => {
+            for FunctionTarget { program, function } in *targets {
+                let program: &mut KProbe = program_mut(ebpf, program)?;
+                program.load().map_err(|e| verifier_error(&e))?;
+                program
+                    .attach(function, 0)
+                    .map_err(|e| format!("attach to {function}: {e}"))?;
+            }
+        }
+        Hook::CgroupSkbIngress { program } => {
             let path = cgroup.ok_or("no cgroup v2 hierarchy is mounted")?;
             let dir = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let program: &mut CgroupSkb = program.try_into().map_err(|e| format!("{e}"))?;
+            let program: &mut CgroupSkb = program_mut(ebpf, program)?;
             program.load().map_err(|e| verifier_error(&e))?;
             program
                 .attach(&dir, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single)
@@ -229,6 +273,25 @@ fn attach(
         }
     }
     Ok(())
+}
+
+/// The program `name` of the object as type `P`.
+fn program_mut<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P, String>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| format!("program {name} missing from the eBPF object"))?
+        .try_into()
+        .map_err(|e| format!("program {name}: {e}"))
+}
+
+/// Position of the `enum sk_rst_reason` argument of kernel function `function`.
+fn reason_arg(kernel: &KernelBtf, function: &str) -> u32 {
+    kernel
+        .function_args(function)
+        .and_then(|args| args.reason)
+        .unwrap_or(NO_ARG)
 }
 
 /// The verifier's log is long; its last lines say what was rejected.
