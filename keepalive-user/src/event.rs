@@ -204,6 +204,20 @@ pub struct KeepaliveState {
     pub probes_out: u8,
 }
 
+/// What the socket showed when this host sent an RST ([`TcpEventKind::ResetSent`]): on
+/// kernels that give no reset reason (before 6.10) these tell the kind of close.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResetFacts {
+    /// The RST answers a segment rather than ending the socket's own connection.
+    pub answers_segment: bool,
+    /// `SO_LINGER` was on with a zero linger time.
+    pub linger_zero: bool,
+    /// Bytes received but not read by the application (a received FIN counts as one).
+    pub unread_bytes: u32,
+    /// Keepalive was on and its probes were used up.
+    pub probes_exhausted: bool,
+}
+
 /// The task that was running when the event was taken, when that task is the socket's user.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Task {
@@ -234,8 +248,10 @@ pub struct TcpEvent {
     pub old_state: TcpState,
     /// State after a transition, or the current state.
     pub new_state: TcpState,
-    /// Kernel reset reason ([`TcpEventKind::ResetSent`] only).
+    /// Kernel reset reason ([`TcpEventKind::ResetSent`] only, when the kernel gives one).
     pub reason: Option<ResetReason>,
+    /// The socket's state at an RST this host sent ([`TcpEventKind::ResetSent`] only).
+    pub reset_facts: Option<ResetFacts>,
     /// `sk_err`, when set.
     pub sk_err: Option<i32>,
     /// Milliseconds since the last segment was received, for full TCP sockets.
@@ -278,9 +294,16 @@ impl DecodeContext {
             .into();
         let (local, remote) = endpoints(&raw)?;
         let has_tcp = raw.flags & flags::HAS_TCP != 0;
-        let reason = (kind == TcpEventKind::ResetSent).then(|| ResetReason {
+        let reset_sent = kind == TcpEventKind::ResetSent;
+        let reason = (reset_sent && raw.flags & flags::NO_REASON == 0).then(|| ResetReason {
             raw: raw.reason,
             name: self.reset_reasons.get(&raw.reason).cloned(),
+        });
+        let reset_facts = reset_sent.then_some(ResetFacts {
+            answers_segment: raw.flags & flags::FROM_SEGMENT != 0,
+            linger_zero: raw.flags & flags::LINGER_ZERO != 0,
+            unread_bytes: if has_tcp { raw.unread } else { 0 },
+            probes_exhausted: raw.flags & flags::PROBES_EXHAUSTED != 0,
         });
         let keepalive = has_tcp.then(|| KeepaliveState {
             enabled: raw.flags & flags::KEEPALIVE_ON != 0,
@@ -299,6 +322,7 @@ impl DecodeContext {
             old_state: TcpState::from_raw(raw.old_state),
             new_state: TcpState::from_raw(raw.new_state),
             reason,
+            reset_facts,
             sk_err: (raw.sk_err != 0).then_some(raw.sk_err),
             idle_rx_ms: has_tcp.then(|| self.jiffies_ms(raw.jiffies.wrapping_sub(raw.rcv_tstamp))),
             idle_tx_ms: has_tcp.then(|| self.jiffies_ms(raw.jiffies.wrapping_sub(raw.lsndtime))),
@@ -379,14 +403,18 @@ fn runs_in_process_context(event: &TcpEvent) -> bool {
             (event.old_state, event.new_state),
             (Close, SynSent) | (Established, FinWait1) | (CloseWait, LastAck)
         ),
-        TcpEventKind::ResetSent => {
-            event.cookie != 0
-                && event
-                    .reason
-                    .as_ref()
-                    .and_then(|r| r.name.as_deref())
-                    .is_some_and(|name| PROCESS_CONTEXT_REASONS.contains(&name))
-        }
+        TcpEventKind::ResetSent if event.cookie == 0 => false,
+        TcpEventKind::ResetSent => match &event.reason {
+            Some(reason) => reason
+                .name
+                .as_deref()
+                .is_some_and(|name| PROCESS_CONTEXT_REASONS.contains(&name)),
+            // No reason (kernels before 6.10): a zero-linger close or a close with unread
+            // data comes from the process; a used-up keepalive from the timer.
+            None => event.reset_facts.is_some_and(|f| {
+                !f.answers_segment && !f.probes_exhausted && (f.linger_zero || f.unread_bytes > 0)
+            }),
+        },
         _ => false,
     }
 }
@@ -394,4 +422,111 @@ fn runs_in_process_context(event: &TcpEvent) -> bool {
 fn comm_str(comm: &[u8; 16]) -> String {
     let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
     String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use keepalive_common::tcp_state::{CLOSE, ESTABLISHED};
+
+    use super::*;
+    use crate::correlate::{Correlator, CorrelatorConfig, FindingKind};
+
+    /// A kernel before 6.10: no reason names at all.
+    fn old_kernel() -> DecodeContext {
+        DecodeContext {
+            hz: 250,
+            reset_reasons: BTreeMap::new(),
+        }
+    }
+
+    /// A raw RST sent on socket `cookie` by a hook without a reason, from pid 42.
+    fn reasonless_reset(cookie: u64, extra_flags: u8, unread: u32) -> RawEvent {
+        let mut raw = RawEvent::zeroed(EventKind::ResetSent);
+        raw.cookie = cookie;
+        raw.family = AF_INET;
+        raw.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        raw.remote_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        raw.local_port = 40000;
+        raw.remote_port = 8080;
+        raw.old_state = CLOSE;
+        raw.new_state = CLOSE;
+        raw.flags = flags::HAS_SOCK | flags::HAS_TCP | flags::NO_REASON | extra_flags;
+        raw.unread = unread;
+        raw.pid = 42;
+        raw.tid = 42;
+        raw.comm[..6].copy_from_slice(b"client");
+        raw
+    }
+
+    /// The finding kind the correlator gives a reasonless RST after an ESTABLISHED → CLOSE.
+    fn kind_of(raw: &RawEvent) -> FindingKind {
+        let ctx = old_kernel();
+        let mut close = *raw;
+        close.kind = EventKind::StateChange as u8;
+        close.flags &= flags::HAS_SOCK | flags::HAS_TCP;
+        close.old_state = ESTABLISHED;
+        let mut correlator = Correlator::new(CorrelatorConfig::default());
+        let close = ctx.decode(&raw_bytes(&close)).unwrap();
+        assert!(correlator.on_event(&close).is_empty());
+        let reset = ctx.decode(&raw_bytes(raw)).unwrap();
+        let findings = correlator.on_event(&reset);
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        findings[0].kind
+    }
+
+    #[test]
+    fn a_reset_without_reason_carries_the_socket_state() {
+        let raw = reasonless_reset(7, flags::LINGER_ZERO, 0);
+        let event = old_kernel().decode(&raw_bytes(&raw)).unwrap();
+        assert_eq!(event.reason, None);
+        let facts = event.reset_facts.unwrap();
+        assert!(facts.linger_zero && !facts.answers_segment && !facts.probes_exhausted);
+        assert_eq!(event.task.as_ref().map(|t| t.pid), Some(42));
+        // With a reason flag unset the reason is decoded as before, named or not.
+        let mut named = raw;
+        named.flags &= !flags::NO_REASON;
+        let event = old_kernel().decode(&raw_bytes(&named)).unwrap();
+        assert_eq!(event.reason.map(|r| r.label()), Some("reason_0".to_owned()));
+    }
+
+    #[test]
+    fn socket_state_gives_the_kinds_the_reasons_give() {
+        assert_eq!(
+            kind_of(&reasonless_reset(1, flags::LINGER_ZERO, 0)),
+            FindingKind::LingerZero
+        );
+        assert_eq!(
+            kind_of(&reasonless_reset(2, flags::LINGER_ZERO, 1)),
+            FindingKind::LingerZero,
+            "a lone unread FIN does not make a linger-0 close an abort on close"
+        );
+        assert_eq!(
+            kind_of(&reasonless_reset(3, 0, 14)),
+            FindingKind::AbortOnClose
+        );
+        assert_eq!(
+            kind_of(&reasonless_reset(4, flags::LINGER_ZERO, 14)),
+            FindingKind::AbortOnClose
+        );
+        let exhausted = flags::KEEPALIVE_ON | flags::PROBES_EXHAUSTED;
+        let mut keepalive = reasonless_reset(5, exhausted, 0);
+        keepalive.probes_out = 2;
+        keepalive.keepalive_probes = 2;
+        assert_eq!(kind_of(&keepalive), FindingKind::SilentTimeout);
+        let event = old_kernel().decode(&raw_bytes(&keepalive)).unwrap();
+        assert_eq!(event.task, None, "the keepalive timer runs in no process");
+        assert_eq!(kind_of(&reasonless_reset(6, 0, 0)), FindingKind::LocalAbort);
+    }
+
+    #[test]
+    fn a_reasonless_reset_answering_a_segment_ends_nothing() {
+        let mut raw = reasonless_reset(9, flags::FROM_SEGMENT, 0);
+        raw.old_state = ESTABLISHED;
+        raw.new_state = ESTABLISHED;
+        let event = old_kernel().decode(&raw_bytes(&raw)).unwrap();
+        assert_eq!(event.task, None);
+        let findings = Correlator::new(CorrelatorConfig::default()).on_event(&event);
+        assert_eq!(findings.len(), 1);
+        assert_eq!(findings[0].kind, FindingKind::BadState);
+    }
 }

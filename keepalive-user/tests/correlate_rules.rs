@@ -36,6 +36,7 @@ fn ev(kind: TcpEventKind, cookie: u64, at_ms: u64) -> B {
         old_state: TcpState::Established,
         new_state: TcpState::Established,
         reason: None,
+        reset_facts: None,
         sk_err: None,
         idle_rx_ms: Some(0),
         idle_tx_ms: Some(0),

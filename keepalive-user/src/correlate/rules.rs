@@ -185,8 +185,8 @@ const ENDING_REASONS: &[&str] = &[
 
 /// Whether an RST this host sent answers a segment rather than ending the socket's own
 /// connection: there was no socket, or only a listener, a TIME_WAIT or a request socket, or
-/// the reason is one of a rejected segment. Without a reason name (kernels before 6.10) an
-/// RST on a full socket counts as ending it.
+/// the reason is one of a rejected segment. Without a reason (kernels before 6.10) an RST on
+/// a full socket counts as ending it unless the hook saw it answer a segment.
 pub(super) fn is_reply_reset(ev: &TcpEvent) -> bool {
     ev.cookie == 0
         || matches!(
@@ -194,6 +194,7 @@ pub(super) fn is_reply_reset(ev: &TcpEvent) -> bool {
             TcpState::Listen | TcpState::TimeWait | TcpState::NewSynRecv
         )
         || reason_name(ev).is_some_and(|name| !ENDING_REASONS.contains(&name))
+        || (ev.reason.is_none() && ev.reset_facts.is_some_and(|f| f.answers_segment))
 }
 
 /// An RST this host sent in reply to a segment.
@@ -275,7 +276,9 @@ fn resets_on_disconnect(state: TcpState) -> bool {
 ///   close of SO_LINGER {1, 0}: `linger_zero` (on 6.18 the linger-0 close goes through
 ///   `tcp_disconnect` and is reported as TCP_STATE, not TCP_ABORT_ON_LINGER). Otherwise
 ///   `bad_state`.
-/// - No reason from the kernel, or NOT_SPECIFIED: `local_abort`, `likely`.
+/// - No reason from the kernel (before 6.10): the socket's state tells, see
+///   [`from_socket_state`].
+/// - NOT_SPECIFIED, or a reason this kernel does not name: `local_abort`, `likely`.
 pub(super) fn active_reset(f: &Facts) -> Decision {
     let ev = f.ev;
     let state = f.state;
@@ -323,7 +326,8 @@ pub(super) fn active_reset(f: &Facts) -> Decision {
             FindingKind::BadState,
             "the connection's state required a reset",
         ),
-        // NOT_SPECIFIED, or no name (kernels before 6.10): see `is_reply_reset`.
+        None if ev.reason.is_none() => from_socket_state(f),
+        // NOT_SPECIFIED, or a value this kernel does not name: see `is_reply_reset`.
         _ => {
             let mut decision = local(
                 FindingKind::LocalAbort,
@@ -332,6 +336,59 @@ pub(super) fn active_reset(f: &Facts) -> Decision {
             decision.confidence = Confidence::Likely;
             decision
         }
+    }
+}
+
+/// An RST this host sent to end the socket's own connection, on a kernel that gives no reason
+/// (before 6.10): the kind follows from the socket's state at the RST, as the kernel's own
+/// choice of reason does.
+///
+/// - Keepalive on and its probes used up: the keepalive timer gave up; see [`silent_timeout`].
+/// - `sk_err` ECONNABORTED: `tcp_abort` (`ss -K`): `destroyed`.
+/// - Unread data (more than a FIN, or anything without a zero linger): `__tcp_close` checks it
+///   first, so `abort_on_close`.
+/// - `SO_LINGER {1, 0}`: `linger_zero`.
+/// - None of these: `local_abort`, `likely`.
+///
+/// All but the last are `confirmed`: each is the condition under which the kernel sends it.
+fn from_socket_state(f: &Facts) -> Decision {
+    let ev = f.ev;
+    let facts = ev.reset_facts.unwrap_or_default();
+    let local = |kind, what: String, confidence| {
+        Decision::new(Verdict::LocalClose, kind, confidence).with([
+            format!("{what} (the kernel gives no reset reason; seen on the socket)"),
+            format!("socket was {}", f.state),
+            process_sentence(ev.task.as_ref(), f.owner),
+        ])
+    };
+    let unread = facts.unread_bytes;
+    if facts.probes_exhausted {
+        silent_timeout(f, Silence::KeepaliveTimeout)
+    } else if ev.sk_err == Some(ECONNABORTED) {
+        local(
+            FindingKind::Destroyed,
+            "the socket was destroyed from outside (ECONNABORTED: ss -K or SOCK_DESTROY)"
+                .to_owned(),
+            Confidence::Confirmed,
+        )
+    } else if unread > 1 || (unread == 1 && !facts.linger_zero) {
+        local(
+            FindingKind::AbortOnClose,
+            format!("the socket was closed with {unread} unread byte(s) in its receive queue"),
+            Confidence::Confirmed,
+        )
+    } else if facts.linger_zero {
+        local(
+            FindingKind::LingerZero,
+            "an abortive close from the process: SO_LINGER {1, 0} was set on the socket".to_owned(),
+            Confidence::Confirmed,
+        )
+    } else {
+        local(
+            FindingKind::LocalAbort,
+            "this host aborted the connection and nothing on the socket says why".to_owned(),
+            Confidence::Likely,
+        )
     }
 }
 

@@ -262,6 +262,7 @@ pub(crate) mod testdata {
                 raw: 11,
                 name: Some("TCP_ABORT_ON_CLOSE".into()),
             }),
+            reset_facts: None,
             sk_err: None,
             idle_rx_ms: Some(12),
             idle_tx_ms: Some(1_500),
