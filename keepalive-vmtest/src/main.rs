@@ -1,0 +1,285 @@
+//! Guest test driver for `cargo xtask vm-test`. Inside a virtual machine booted with another
+//! kernel, it runs keepalive-observer once per hook choice (`--hooks auto`, `tracepoint`,
+//! `fentry`, `kprobe`), checks which hook each signal got, makes the resets of the privileged
+//! event tests happen on loopback and checks the daemon's events and findings. It prints one
+//! line per check and exits 0 only when all passed.
+
+mod daemon;
+mod scenarios;
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use serde_json::Value;
+
+use crate::{
+    daemon::Daemon,
+    scenarios::{Expect, keepalive_timeout, linger_zero, no_socket, unread_data},
+};
+
+/// Loading and verifying every program under software emulation takes a while.
+const READY_WITHIN: Duration = Duration::from_secs(180);
+const STOP_GRACE: Duration = Duration::from_secs(30);
+const ALL_CHOICES: &[&str] = &["auto", "tracepoint", "fentry", "kprobe"];
+/// The signals whose variants this test is about.
+const RESET_SIGNALS: &[&str] = &[
+    "RST sent",
+    "RST in reply",
+    "RST received",
+    "keepalive timer",
+];
+/// Signals every kernel this test boots must have, whatever the choice.
+const ALWAYS: &[&str] = &["state changes", "socket errors"];
+
+type Scenario = fn(&mut Daemon, &Expect) -> Result<String>;
+const SCENARIOS: &[(&str, Scenario)] = &[
+    ("no_socket", no_socket),
+    ("linger_zero", linger_zero),
+    ("unread_data", unread_data),
+    ("keepalive_timeout", keepalive_timeout),
+];
+
+struct Args {
+    daemon: PathBuf,
+    choices: Vec<String>,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut daemon = None;
+    let mut choices: Vec<String> = ALL_CHOICES.iter().map(|c| (*c).to_owned()).collect();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--daemon" => daemon = Some(PathBuf::from(args.next().context("--daemon PATH")?)),
+            "--hooks" => {
+                let list = args
+                    .next()
+                    .context("--hooks auto,tracepoint,fentry,kprobe")?;
+                choices = list.split(',').map(str::to_owned).collect();
+                if let Some(bad) = choices.iter().find(|c| !ALL_CHOICES.contains(&c.as_str())) {
+                    bail!("unknown hook choice {bad:?}: use {}", ALL_CHOICES.join(","));
+                }
+            }
+            other => bail!(
+                "unknown argument {other:?}; usage: keepalive-vmtest --daemon PATH \
+                 [--hooks auto,tracepoint,fentry,kprobe]"
+            ),
+        }
+    }
+    Ok(Args {
+        daemon: daemon.context("--daemon PATH is required")?,
+        choices,
+    })
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            println!("vmtest: error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run() -> Result<bool> {
+    let args = parse_args()?;
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .context("reading the kernel release")?;
+    let release = release.trim();
+    let reasons = kernel_version(release).is_some_and(|v| v >= (6, 10));
+    println!("vmtest: kernel {release}, reset reasons expected: {reasons}");
+    let (mut passed, mut failed) = (0, 0);
+    for choice in &args.choices {
+        let started = Instant::now();
+        let (mut daemon, ready) = match Daemon::start(&args.daemon, choice, READY_WITHIN) {
+            Ok(started) => started,
+            Err(error) => {
+                println!("vmtest[{choice}] start: FAIL: {error:#}");
+                failed += 1;
+                continue;
+            }
+        };
+        println!(
+            "vmtest[{choice}] ready after {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        let replies = match check_hooks(choice, &ready, reasons) {
+            Ok(replies) => {
+                passed += 1;
+                replies
+            }
+            Err(error) => {
+                println!("vmtest[{choice}] hooks: FAIL: {error:#}");
+                failed += 1;
+                continue;
+            }
+        };
+        let expect = Expect { reasons, replies };
+        for (name, scenario) in SCENARIOS {
+            let started = Instant::now();
+            match scenario(&mut daemon, &expect) {
+                Ok(detail) => {
+                    passed += 1;
+                    println!(
+                        "vmtest[{choice}] {name}: ok in {:.1} s: {detail}",
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+                Err(error) => {
+                    failed += 1;
+                    println!("vmtest[{choice}] {name}: FAIL: {error:#}");
+                }
+            }
+        }
+        match daemon.stop(STOP_GRACE) {
+            Ok(status) if status.success() => passed += 1,
+            Ok(status) => {
+                failed += 1;
+                println!("vmtest[{choice}] stop: FAIL: exit status {status}");
+            }
+            Err(error) => {
+                failed += 1;
+                println!("vmtest[{choice}] stop: FAIL: {error:#}");
+            }
+        }
+    }
+    println!("vmtest: {passed} passed, {failed} failed");
+    Ok(failed == 0)
+}
+
+/// Prints the start-up table and checks that each reset signal got the hook `choice` asks
+/// for on this kernel. Returns whether RSTs in reply are seen.
+fn check_hooks(choice: &str, ready: &Value, reasons: bool) -> Result<bool> {
+    let mut table = BTreeMap::new();
+    for hook in ready["hooks"]
+        .as_array()
+        .context("no hooks in the ready line")?
+    {
+        let signal = hook["signal"].as_str().context("hook without a signal")?;
+        let label = hook["hook"].as_str().unwrap_or_default();
+        let attached = hook["status"] == "attached";
+        let status = if attached {
+            "attached".to_owned()
+        } else {
+            format!("unavailable: {}", hook["why"].as_str().unwrap_or_default())
+        };
+        println!("vmtest[{choice}] hook {signal}: {label} ({status})");
+        table.insert(signal.to_owned(), (label.to_owned(), attached));
+    }
+    let hook = |signal: &str| -> Result<&(String, bool)> {
+        table
+            .get(signal)
+            .with_context(|| format!("no signal {signal:?} in the start-up table"))
+    };
+    for signal in ALWAYS.iter().chain(RESET_SIGNALS) {
+        let (label, attached) = hook(signal)?;
+        let optional = *signal == "RST in reply" && choice == "tracepoint" && !reasons;
+        ensure!(*attached || optional, "{signal} ({label}) is not attached");
+    }
+    let expected: Vec<(&str, String)> = match choice {
+        "fentry" | "kprobe" => RESET_SIGNALS
+            .iter()
+            .map(|s| (*s, format!("{choice}/")))
+            .collect(),
+        "tracepoint" => vec![
+            (
+                "RST sent",
+                if reasons {
+                    "tp_btf/tcp_send_reset".to_owned()
+                } else {
+                    "tp_btf/tcp_send_reset (no reason)".to_owned()
+                },
+            ),
+            ("RST received", "tp_btf/".to_owned()),
+            ("keepalive timer", "tp_btf/".to_owned()),
+        ],
+        _ if reasons => vec![
+            ("RST sent", "tp_btf/tcp_send_reset".to_owned()),
+            ("RST in reply", "tp_btf/tcp_send_reset".to_owned()),
+            ("RST received", "tp_btf/".to_owned()),
+            ("keepalive timer", "tp_btf/".to_owned()),
+        ],
+        _ => vec![
+            ("RST sent", "fentry/tcp_send_active_reset".to_owned()),
+            ("RST in reply", "fentry/tcp_v4_send_reset".to_owned()),
+            ("RST received", "tp_btf/".to_owned()),
+            ("keepalive timer", "tp_btf/".to_owned()),
+        ],
+    };
+    for (signal, prefix) in expected {
+        let (label, _) = hook(signal)?;
+        ensure!(
+            label.starts_with(&prefix),
+            "{signal}: expected a {prefix}… hook with --hooks {choice}, got {label}"
+        );
+    }
+    Ok(hook("RST in reply")?.1)
+}
+
+/// `6.1.0-56-cloud-amd64` → `(6, 1)`.
+fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(['.', '-', '+']);
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn ready(hooks: &[(&str, &str, bool)]) -> Value {
+        let hooks: Vec<Value> = hooks
+            .iter()
+            .map(|(signal, hook, attached)| {
+                json!({"signal": signal, "hook": hook,
+                       "status": if *attached { "attached" } else { "unavailable" },
+                       "why": if *attached { None } else { Some("no") }})
+            })
+            .collect();
+        json!({"type": "ready", "hooks": hooks})
+    }
+
+    #[test]
+    fn kernel_versions_parse() {
+        assert_eq!(kernel_version("6.1.0-56-cloud-amd64"), Some((6, 1)));
+        assert_eq!(kernel_version("6.12.117+deb12-cloud-amd64"), Some((6, 12)));
+        assert_eq!(kernel_version("linux"), None);
+    }
+
+    #[test]
+    fn forced_variants_must_be_the_ones_attached() {
+        let fentry = ready(&[
+            ("state changes", "tp_btf/inet_sock_set_state", true),
+            ("socket errors", "tp_btf/inet_sk_error_report", true),
+            ("RST sent", "fentry/tcp_send_active_reset", true),
+            (
+                "RST in reply",
+                "fentry/tcp_v4_send_reset+tcp_v6_send_reset",
+                true,
+            ),
+            ("RST received", "fentry/tcp_reset", true),
+            ("keepalive timer", "fentry/tcp_keepalive_timer", true),
+        ]);
+        assert!(check_hooks("fentry", &fentry, false).unwrap());
+        let error = check_hooks("kprobe", &fentry, false).unwrap_err();
+        assert!(error.to_string().contains("expected a kprobe/"), "{error}");
+        let old_tracepoints = ready(&[
+            ("state changes", "tp_btf/inet_sock_set_state", true),
+            ("socket errors", "tp_btf/inet_sk_error_report", true),
+            ("RST sent", "tp_btf/tcp_send_reset (no reason)", true),
+            ("RST in reply", "tp_btf/tcp_send_reset", false),
+            ("RST received", "tp_btf/tcp_receive_reset", true),
+            ("keepalive timer", "tp_btf/timer_expire_entry", true),
+        ]);
+        assert!(!check_hooks("tracepoint", &old_tracepoints, false).unwrap());
+        assert!(check_hooks("auto", &old_tracepoints, false).is_err());
+    }
+}

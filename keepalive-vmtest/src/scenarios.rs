@@ -1,0 +1,282 @@
+//! The resets of the privileged event tests (keepalive-user/tests/events.rs), on loopback in
+//! one network namespace: each makes the kernel send or receive RSTs, then checks the
+//! daemon's events and the finding the correlator draws from them.
+
+use std::{
+    io::{Read as _, Write as _},
+    mem,
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use keepalive_lab::{Keepalive, set_keepalive, set_linger_abort};
+use serde_json::Value;
+
+use crate::daemon::{Daemon, is_event, is_finding};
+
+/// How long an event or finding may take to show up (software emulation is slow).
+const WAIT: Duration = Duration::from_secs(30);
+/// How far an idle time measured in jiffies may stray from the sleep that made it, under
+/// emulation.
+const IDLE_TOLERANCE_MS: u64 = 400;
+
+/// What the kernel and the attached hooks let the checks expect.
+pub struct Expect {
+    /// The kernel names reset reasons (6.10 and later).
+    pub reasons: bool,
+    /// Some hook sees RSTs answering segments (`RST in reply` attached).
+    pub replies: bool,
+}
+
+/// Connecting to a port nobody listens on: the kernel answers the SYN with an RST for no
+/// socket (NO_SOCKET), the client gets ECONNREFUSED.
+pub fn no_socket(daemon: &mut Daemon, expect: &Expect) -> Result<String> {
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("finding a free port")?;
+    match TcpStream::connect(closed) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+        other => bail!("connect to the closed port {closed}: expected ECONNREFUSED, got {other:?}"),
+    }
+    let closed_s = closed.to_string();
+    let refused = daemon.wait_for("ECONNREFUSED on the client", WAIT, |v| {
+        v["event"] == "socket_error" && v["sk_err"] == 111 && v["remote"] == closed_s
+    })?;
+    let client = str_field(&refused, "local")?;
+    daemon.wait_for("the client's RST in SYN_SENT", WAIT, |v| {
+        is_event(v, "reset_received", &client, &closed_s) && v["old_state"] == "SYN_SENT"
+    })?;
+    daemon.wait_for("the refused finding", WAIT, |v| {
+        is_finding(v, "peer_reset", "refused", &client)
+    })?;
+    if !expect.replies {
+        return Ok("ECONNREFUSED and the client's RST seen; no hook for RSTs in reply".into());
+    }
+    let reset = daemon.wait_for("the NO_SOCKET reset", WAIT, |v| {
+        v["event"] == "reset_sent" && v["local"] == closed_s && v["remote"] == client
+    })?;
+    ensure!(reset["cookie"] == 0, "no socket owns the segment: {reset}");
+    check_reason(&reset, expect, "NO_SOCKET")?;
+    let finding = daemon.wait_for("the no_socket finding", WAIT, |v| {
+        is_finding(v, "local_close", "no_socket", &closed_s)
+    })?;
+    Ok(format!(
+        "reset_sent reason={} cookie=0; finding no_socket {}",
+        reset["reason"], finding["confidence"]
+    ))
+}
+
+/// A client closes with `SO_LINGER {1, 0}` after an idle gap: an RST from the closing
+/// process, ECONNRESET on the server.
+pub fn linger_zero(daemon: &mut Daemon, expect: &Expect) -> Result<String> {
+    let (client, mut server, client_addr, server_addr) = loopback_pair()?;
+    let keepalive = Keepalive {
+        idle_secs: 7,
+        interval_secs: 3,
+        count: 4,
+    };
+    set_keepalive(&client, Some(keepalive))?;
+    let slept = Duration::from_millis(1200);
+    std::thread::sleep(slept);
+    set_linger_abort(&client)?;
+    drop(client);
+    let mut buf = [0u8; 1];
+    match server.read(&mut buf) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => bail!("the server should see ECONNRESET, got {other:?}"),
+    }
+    let (local, remote) = (client_addr.to_string(), server_addr.to_string());
+    let sent = daemon.wait_for("the linger-0 RST", WAIT, |v| {
+        is_event(v, "reset_sent", &local, &remote)
+    })?;
+    if expect.reasons {
+        let reason = sent["reason"].as_str().unwrap_or_default();
+        ensure!(
+            ["TCP_STATE", "TCP_ABORT_ON_LINGER"].contains(&reason),
+            "linger-0 reason: {sent}"
+        );
+    } else {
+        ensure!(
+            sent["reason"].is_null(),
+            "this kernel has no reasons: {sent}"
+        );
+    }
+    check_own_process(&sent)?;
+    check_idle(&sent, "idle_rx_ms", slept)?;
+    ensure!(
+        sent["keepalive"]["enabled"] == true
+            && sent["keepalive"]["idle_ms"] == 7000
+            && sent["keepalive"]["interval_ms"] == 3000
+            && sent["keepalive"]["count"] == 4,
+        "keepalive settings of the client: {sent}"
+    );
+    let received = daemon.wait_for("the server's RST", WAIT, |v| {
+        is_event(v, "reset_received", &remote, &local)
+    })?;
+    check_idle(&received, "idle_rx_ms", slept)?;
+    daemon.wait_for("ECONNRESET on the server", WAIT, |v| {
+        v["event"] == "socket_error" && v["sk_err"] == 104 && v["remote"] == local
+    })?;
+    daemon.wait_for("the server's peer_abort finding", WAIT, |v| {
+        is_finding(v, "peer_reset", "peer_abort", &remote)
+    })?;
+    let finding = daemon.wait_for("the linger_zero finding", WAIT, |v| {
+        is_finding(v, "local_close", "linger_zero", &local)
+    })?;
+    Ok(format!(
+        "reset_sent reason={} pid={}; finding linger_zero {}",
+        sent["reason"], sent["pid"], finding["confidence"]
+    ))
+}
+
+/// The server closes with unread data in its receive queue: the kernel aborts with an RST.
+pub fn unread_data(daemon: &mut Daemon, expect: &Expect) -> Result<String> {
+    let (mut client, server, client_addr, server_addr) = loopback_pair()?;
+    client
+        .write_all(b"unread request")
+        .context("client write")?;
+    let deadline = Instant::now() + WAIT;
+    let mut peek = [0u8; 1];
+    while server.peek(&mut peek).context("peek")? == 0 {
+        ensure!(Instant::now() < deadline, "the data never arrived");
+    }
+    drop(server);
+    let (local, remote) = (server_addr.to_string(), client_addr.to_string());
+    let sent = daemon.wait_for("the abort-on-close RST", WAIT, |v| {
+        is_event(v, "reset_sent", &local, &remote)
+    })?;
+    check_reason(&sent, expect, "TCP_ABORT_ON_CLOSE")?;
+    check_own_process(&sent)?;
+    let finding = daemon.wait_for("the abort_on_close finding", WAIT, |v| {
+        is_finding(v, "local_close", "abort_on_close", &local)
+    })?;
+    client.shutdown(Shutdown::Both).ok();
+    Ok(format!(
+        "reset_sent reason={} pid={}; finding abort_on_close {}",
+        sent["reason"], sent["pid"], finding["confidence"]
+    ))
+}
+
+/// Keepalive 1 s / 1 s / 2 probes on a client whose incoming segments a socket filter drops:
+/// the probes go unanswered, the kernel gives up with an RST and ETIMEDOUT.
+pub fn keepalive_timeout(daemon: &mut Daemon, expect: &Expect) -> Result<String> {
+    let (client, _server, client_addr, server_addr) = loopback_pair()?;
+    set_keepalive(
+        &client,
+        Some(Keepalive {
+            idle_secs: 1,
+            interval_secs: 1,
+            count: 2,
+        }),
+    )?;
+    drop_everything_received(&client)?;
+    let (local, remote) = (client_addr.to_string(), server_addr.to_string());
+    let reset = daemon.wait_for("the keepalive-timeout RST", WAIT, |v| {
+        is_event(v, "reset_sent", &local, &remote)
+    })?;
+    check_reason(&reset, expect, "TCP_KEEPALIVE_TIMEOUT")?;
+    ensure!(reset["keepalive"]["count"] == 2, "keepalive count: {reset}");
+    let probes: Vec<u64> = daemon
+        .all(|v| is_event(v, "keepalive_timer", &local, &remote))
+        .iter()
+        .filter_map(|t| t["keepalive"]["probes_out"].as_u64())
+        .collect();
+    ensure!(
+        probes.starts_with(&[0, 1]),
+        "probes before each keepalive timer firing: {probes:?}"
+    );
+    daemon.wait_for("ETIMEDOUT on the client", WAIT, |v| {
+        v["event"] == "socket_error" && v["sk_err"] == 110 && v["local"] == local
+    })?;
+    let finding = daemon.wait_for("the silent_timeout finding", WAIT, |v| {
+        is_finding(v, "middlebox_drop", "silent_timeout", &local)
+    })?;
+    Ok(format!(
+        "keepalive timer probes {probes:?}; reset_sent reason={}; finding silent_timeout {}",
+        reset["reason"], finding["confidence"]
+    ))
+}
+
+fn loopback_pair() -> Result<(TcpStream, TcpStream, SocketAddr, SocketAddr)> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("bind")?;
+    let client = TcpStream::connect(listener.local_addr()?).context("connect")?;
+    let (server, _) = listener.accept().context("accept")?;
+    let client_addr = client.local_addr()?;
+    let server_addr = server.local_addr()?;
+    Ok((client, server, client_addr, server_addr))
+}
+
+/// Attaches a classic BPF socket filter that drops every segment arriving for `socket`
+/// before TCP sees it: the peer's answers vanish as behind a silent middlebox.
+fn drop_everything_received(socket: &TcpStream) -> Result<()> {
+    // BPF_RET | BPF_K with k = 0: keep no bytes of the packet.
+    let mut drop_all = [libc::sock_filter {
+        code: 0x06,
+        jt: 0,
+        jf: 0,
+        k: 0,
+    }];
+    let program = libc::sock_fprog {
+        len: 1,
+        filter: drop_all.as_mut_ptr(),
+    };
+    // SAFETY: `program` and the filter it points to outlive the call; the kernel copies them.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&raw const program).cast(),
+            libc::socklen_t::try_from(mem::size_of::<libc::sock_fprog>())?,
+        )
+    };
+    if result != 0 {
+        return Err(std::io::Error::last_os_error()).context("SO_ATTACH_FILTER");
+    }
+    Ok(())
+}
+
+fn check_reason(event: &Value, expect: &Expect, reason: &str) -> Result<()> {
+    if expect.reasons {
+        ensure!(
+            event["reason"] == reason,
+            "expected reason {reason}: {event}"
+        );
+    } else {
+        ensure!(
+            event["reason"].is_null(),
+            "this kernel has no reasons: {event}"
+        );
+    }
+    Ok(())
+}
+
+fn check_own_process(event: &Value) -> Result<()> {
+    ensure!(
+        event["pid"] == std::process::id(),
+        "the RST should come from this process ({}): {event}",
+        std::process::id()
+    );
+    Ok(())
+}
+
+fn check_idle(event: &Value, field: &str, slept: Duration) -> Result<()> {
+    let idle = event[field]
+        .as_u64()
+        .with_context(|| format!("{field} missing: {event}"))?;
+    let slept = u64::try_from(slept.as_millis())?;
+    ensure!(
+        idle + IDLE_TOLERANCE_MS >= slept && idle <= slept + IDLE_TOLERANCE_MS,
+        "{field} {idle} ms, slept {slept} ms (±{IDLE_TOLERANCE_MS} ms): {event}"
+    );
+    Ok(())
+}
+
+fn str_field(value: &Value, field: &str) -> Result<String> {
+    value[field]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("{field} missing: {value}"))
+}
