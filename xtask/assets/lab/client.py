@@ -183,8 +183,6 @@ def main():
         urllib3=urllib3.__version__,
         pool_size=POOL_SIZE,
         user_timeout_ms=args.user_timeout_ms,
-        keepalive_idle_s=args.keepalive_idle,
-        evict_idle_s=args.evict_idle,
     )
 
     stop = threading.Event()

@@ -18,7 +18,7 @@ use super::events::{Events, Msg, Source};
 pub const PYTHON: &str = "/usr/bin/python3";
 /// A dead flow fails with ETIMEDOUT after this long without an acknowledgement
 /// (TCP_USER_TIMEOUT), instead of after minutes of retransmissions.
-pub const USER_TIMEOUT_MS: u32 = 1500;
+const USER_TIMEOUT_MS: u32 = 1500;
 /// How long the client may take to exit after closing its output, and after SIGTERM.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
 const STOP_GRACE: Duration = Duration::from_secs(2);
@@ -48,6 +48,7 @@ pub struct Config {
     pub python: String,
     pub urllib3: String,
     pub pool_size: u32,
+    pub user_timeout_ms: u32,
 }
 
 /// How a request failed, as the client classifies the error's errno.

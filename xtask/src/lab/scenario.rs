@@ -43,8 +43,8 @@ pub fn run(args: &LabArgs, ladder: &[f64], observer_binary: &Path) -> Result<Sum
     let events = Events::new();
 
     println!(
-        "keepalive-observer lab: the \"Connection reset behind a VIP\" incident (DESIGN §1), \
-         with a {} s middlebox timeout instead of 1800 s",
+        "keepalive-observer lab: \"Connection reset\" behind a VIP, with a {} s middlebox \
+         timeout instead of 1800 s",
         args.timeout
     );
     let floor = args.timeout - 1;
@@ -75,9 +75,11 @@ pub fn run(args: &LabArgs, ladder: &[f64], observer_binary: &Path) -> Result<Sum
             site = Some(Site::build(spec.mode, args.timeout, &workdir.path, &nginx)?);
         }
         let site = site.as_ref().context("no lab for the rerun")?;
-        let applied = match phases.last().filter(|_| spec.fixed) {
-            Some(before) => Some(apply(args.fix, before.window_ms)?),
-            None => None,
+        let applied = if spec.fixed {
+            let before = phases.last().context("a rerun needs a run before it")?;
+            Some(apply(args.fix, before.window_ms)?)
+        } else {
+            None
         };
         let title = match applied {
             None => format!("middlebox {}, no fix", spec.mode),
@@ -99,6 +101,7 @@ pub fn run(args: &LabArgs, ladder: &[f64], observer_binary: &Path) -> Result<Sum
     }
     drop(site);
     observer.stop()?;
+    drop(workdir);
 
     let summary = Summary {
         timeout_s: args.timeout,
@@ -328,10 +331,7 @@ impl<'a> PhaseRun<'a> {
             Msg::Client(Line::Config(config)) => println!(
                 "  client: Python {}, urllib3 {}, HTTPConnectionPool of {}, HTTP/1.1 keep-alive, \
                  retries off, TCP_USER_TIMEOUT {} ms",
-                config.python,
-                config.urllib3,
-                config.pool_size,
-                client::USER_TIMEOUT_MS
+                config.python, config.urllib3, config.pool_size, config.user_timeout_ms
             ),
             Msg::Client(Line::Request(request)) => {
                 println!("{}", self.request_line(&request));
