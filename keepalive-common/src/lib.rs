@@ -237,7 +237,8 @@ pub struct KernelOffsets {
     pub sk_type: u32,
     /// `sock.sk_err` (int).
     pub sk_err: u32,
-    /// `sock.sk_timer` (`struct timer_list`), for container_of from the keepalive timer.
+    /// The socket's keepalive timer (`struct timer_list`: `sock.sk_timer`, or
+    /// `inet_connection_sock.icsk_keepalive_timer` where that exists), for container_of.
     pub sk_timer: u32,
     /// `tcp_sock.rcv_tstamp` (u32 jiffies).
     pub rcv_tstamp: u32,

@@ -96,6 +96,18 @@ impl DerefMut for Pending {
 /// `None`, counted as lost, when the ring buffer is full.
 #[inline(always)]
 pub fn new_event(kind: EventKind) -> Option<Pending> {
+    let mut event = new_task_less_event(kind)?;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    event.pid = (pid_tgid >> 32) as u32;
+    event.tid = pid_tgid as u32;
+    event.comm = bpf_get_current_comm().unwrap_or_default();
+    Some(event)
+}
+
+/// [`new_event`] without the current task, for program types that may not ask for it
+/// (cgroup_skb before 6.18 may not call `bpf_get_current_comm`).
+#[inline(always)]
+pub fn new_task_less_event(kind: EventKind) -> Option<Pending> {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         if let Some(lost) = LOST_EVENTS.get_ptr_mut(0) {
             // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
@@ -109,10 +121,6 @@ pub fn new_event(kind: EventKind) -> Option<Pending> {
         event.ts_ns = bpf_ktime_get_ns();
         event.jiffies = bpf_jiffies64() as u32;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    event.pid = (pid_tgid >> 32) as u32;
-    event.tid = pid_tgid as u32;
-    event.comm = bpf_get_current_comm().unwrap_or_default();
     Some(Pending(entry))
 }
 

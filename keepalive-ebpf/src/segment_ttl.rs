@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use keepalive_common::{EventKind, flags, tcp_flags};
 
-use crate::emit::{new_event, submit};
+use crate::emit::{new_task_less_event, submit};
 
 const IPPROTO_TCP: u8 = 6;
 /// Offset of the flags byte in the TCP header.
@@ -53,7 +53,7 @@ pub fn segment_ttl(ctx: SkBuffContext) -> i32 {
     if segment_flags & (tcp_flags::SYN | tcp_flags::RST) == 0 {
         return 1;
     }
-    let Some(mut event) = new_event(EventKind::SegmentTtl) else {
+    let Some(mut event) = new_task_less_event(EventKind::SegmentTtl) else {
         return 1;
     };
     event.family = family;

@@ -279,6 +279,15 @@ impl KernelBtf {
             .collect()
     }
 
+    /// Offset in the socket of the timer `tcp_keepalive_timer` runs from:
+    /// `inet_connection_sock.icsk_keepalive_timer` where it exists (seen on Debian's 6.1 and
+    /// 6.12), else `sock.sk_timer` (6.18).
+    fn keepalive_timer(&self) -> Result<u32, BtfError> {
+        self.member("tcp_sock", "inet_conn.icsk_keepalive_timer")
+            .or_else(|_| self.member("sock", "sk_timer"))
+            .map(|m| m.bit_offset / 8)
+    }
+
     /// Every offset the programs need.
     pub fn kernel_offsets(&self) -> Result<KernelOffsets, BtfError> {
         let sock = |path, bytes| self.byte_offset("sock", path, bytes);
@@ -302,7 +311,7 @@ impl KernelBtf {
             sk_protocol: sock("sk_protocol", 2)?,
             sk_type: sock("sk_type", 2)?,
             sk_err: sock("sk_err", 4)?,
-            sk_timer: self.member("sock", "sk_timer")?.bit_offset / 8,
+            sk_timer: self.keepalive_timer()?,
             rcv_tstamp: tcp("rcv_tstamp", 4)?,
             lsndtime: tcp("lsndtime", 4)?,
             keepalive_time: tcp("keepalive_time", 4)?,

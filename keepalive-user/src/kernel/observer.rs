@@ -294,11 +294,24 @@ fn reason_arg(kernel: &KernelBtf, function: &str) -> u32 {
         .unwrap_or(NO_ARG)
 }
 
-/// The verifier's log is long; its last lines say what was rejected.
+/// The verifier's log is long; it ends with statistics, and the line before them says what
+/// it rejected.
 fn verifier_error(error: &aya::programs::ProgramError) -> String {
     let text = format!("{error:#}");
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(3)..].join(" | ")
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let statistics = |line: &str| {
+        ["verification time", "processed ", "stack depth"]
+            .iter()
+            .any(|p| line.starts_with(p))
+    };
+    match lines.iter().rposition(|l| !statistics(l)) {
+        Some(last) => lines[last.saturating_sub(1)..=last].join(" | "),
+        None => text,
+    }
 }
 
 /// The mount point of the cgroup v2 hierarchy (`/sys/fs/cgroup` or, on hybrid setups,
