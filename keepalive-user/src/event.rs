@@ -429,7 +429,7 @@ mod tests {
     use keepalive_common::tcp_state::{CLOSE, ESTABLISHED};
 
     use super::*;
-    use crate::correlate::{Correlator, CorrelatorConfig, FindingKind};
+    use crate::correlate::{Confidence, Correlator, CorrelatorConfig, FindingKind};
 
     /// A kernel before 6.10: no reason names at all.
     fn old_kernel() -> DecodeContext {
@@ -528,5 +528,16 @@ mod tests {
         let findings = Correlator::new(CorrelatorConfig::default()).on_event(&event);
         assert_eq!(findings.len(), 1);
         assert_eq!(findings[0].kind, FindingKind::BadState);
+    }
+
+    #[test]
+    fn a_reasonless_reset_seen_without_a_socket_is_a_confirmed_no_socket() {
+        let mut raw = reasonless_reset(0, flags::FROM_SEGMENT, 0);
+        raw.flags = flags::FROM_SEGMENT | flags::NO_REASON;
+        let event = old_kernel().decode(&raw_bytes(&raw)).unwrap();
+        let findings = Correlator::new(CorrelatorConfig::default()).on_event(&event);
+        assert_eq!(findings.len(), 1);
+        assert_eq!(findings[0].kind, FindingKind::NoSocket);
+        assert_eq!(findings[0].confidence, Confidence::Confirmed);
     }
 }

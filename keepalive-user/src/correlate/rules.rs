@@ -202,8 +202,8 @@ pub(super) fn is_reply_reset(ev: &TcpEvent) -> bool {
 /// - No socket (NO_SOCKET), a TIME_WAIT socket, or only a listener matched: `local_close` /
 ///   `no_socket`. The remote is using a connection this host no longer has (restart, stale
 ///   pooled connection, a middlebox that re-routed the flow). `confirmed` with a kernel
-///   reason; `likely` without one (kernels before 6.10), where no socket is the only cause of
-///   a socketless RST.
+///   reason, or without one (kernels before 6.10) when the hook saw the segment and no socket
+///   for it; `likely` otherwise, where no socket is the only cause of a socketless RST.
 /// - A pending handshake (request socket) or an open connection rejected the segment:
 ///   `local_close` / `bad_state`, `confirmed`. An open connection goes on, so its own death
 ///   is still reported when it comes.
@@ -248,7 +248,10 @@ pub(super) fn reply_reset(ev: &TcpEvent) -> Decision {
              with an RST (kernel reason {reason})"
         ),
     };
-    let confidence = if named {
+    // Without a reason, a hook on tcp_v{4,6}_send_reset that saw the segment and no socket
+    // is as direct as the kernel's NO_SOCKET.
+    let seen_without_socket = ev.cookie == 0 && ev.reset_facts.is_some_and(|f| f.answers_segment);
+    let confidence = if named || seen_without_socket {
         Confidence::Confirmed
     } else {
         Confidence::Likely
