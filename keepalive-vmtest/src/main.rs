@@ -34,7 +34,7 @@ const RESET_SIGNALS: &[&str] = &[
     "keepalive timer",
 ];
 /// Signals every kernel this test boots must have, whatever the choice.
-const ALWAYS: &[&str] = &["state changes", "socket errors"];
+const ALWAYS: &[&str] = &["state changes", "socket errors", "segment TTL"];
 
 type Scenario = fn(&mut Daemon, &Expect) -> Result<String>;
 const SCENARIOS: &[(&str, Scenario)] = &[
@@ -259,6 +259,7 @@ mod tests {
         let fentry = ready(&[
             ("state changes", "tp_btf/inet_sock_set_state", true),
             ("socket errors", "tp_btf/inet_sk_error_report", true),
+            ("segment TTL", "cgroup_skb/ingress", true),
             ("RST sent", "fentry/tcp_send_active_reset", true),
             (
                 "RST in reply",
@@ -274,6 +275,7 @@ mod tests {
         let old_tracepoints = ready(&[
             ("state changes", "tp_btf/inet_sock_set_state", true),
             ("socket errors", "tp_btf/inet_sk_error_report", true),
+            ("segment TTL", "cgroup_skb/ingress", true),
             ("RST sent", "tp_btf/tcp_send_reset (no reason)", true),
             ("RST in reply", "tp_btf/tcp_send_reset", false),
             ("RST received", "tp_btf/tcp_receive_reset", true),
