@@ -50,7 +50,7 @@ pub fn binary(profile: Profile) -> PathBuf {
 
 /// cargo's target directory: `CARGO_TARGET_DIR` (or `CARGO_BUILD_TARGET_DIR`) when set, relative
 /// paths taken from the workspace root where cargo runs, else `target/` in the workspace root.
-fn target_dir() -> PathBuf {
+pub fn target_dir() -> PathBuf {
     let root = cmd::workspace_root();
     env::var_os("CARGO_TARGET_DIR")
         .or_else(|| env::var_os("CARGO_BUILD_TARGET_DIR"))

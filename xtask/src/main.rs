@@ -8,6 +8,7 @@ mod lint;
 mod run;
 mod setup;
 mod test;
+mod vm_test;
 
 use std::process::ExitCode;
 
@@ -43,6 +44,16 @@ enum Command {
     Lint,
     /// Set up, lint, then run every test, privileged ones included when root.
     Test,
+    /// Boot Debian's cloud kernels under qemu and run the daemon there with every hook variant
+    /// (fentry and kprobes included), checking real resets.
+    VmTest {
+        /// Which kernel series to boot.
+        #[arg(long, value_enum, default_value = "all")]
+        kernel: vm_test::Kernels,
+        /// Hook choices to run the daemon with, comma-separated.
+        #[arg(long, default_value = vm_test::ALL_HOOKS)]
+        hooks: String,
+    },
     /// Reproduce the "Connection reset behind a VIP" incident in network namespaces, watch the
     /// observer explain it, apply its advice and watch the resets go away (root).
     Lab(lab::LabArgs),
@@ -71,6 +82,7 @@ fn task(command: Command) -> anyhow::Result<ExitCode> {
             lint::run()?;
         }
         Command::Test => test::run()?,
+        Command::VmTest { kernel, hooks } => vm_test::run(kernel, &hooks)?,
         Command::Lab(args) => return lab::run(&args),
     }
     Ok(ExitCode::SUCCESS)

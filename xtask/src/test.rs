@@ -1,12 +1,12 @@
 //! `cargo xtask test`: lint, then every test of the default workspace members, then (as root)
-//! `cargo xtask lab` with its summary checked.
+//! `cargo xtask lab` with its summary checked and `cargo xtask vm-test --kernel all`.
 
 use std::env;
 
 use anyhow::{Result, bail};
 
 use crate::setup::{self, HOST_TOOLCHAIN};
-use crate::{cmd, lab, lint};
+use crate::{cmd, lab, lint, vm_test};
 
 /// Set for the tests when root: a privileged test that would skip itself fails instead.
 const REQUIRE_PRIVILEGED: &str = "KEEPALIVE_REQUIRE_PRIVILEGED";
@@ -30,7 +30,10 @@ pub fn run() -> Result<()> {
     if root {
         result?;
         lab::ci_check()?;
-        println!("all tests passed, privileged tests included (running as root)");
+        vm_test::run(vm_test::Kernels::All, vm_test::ALL_HOOKS)?;
+        println!(
+            "all tests passed, privileged tests and the kernel matrix included (running as root)"
+        );
         return Ok(());
     }
     println!("privileged tests were NOT run: not root");
