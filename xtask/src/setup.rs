@@ -29,10 +29,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("procps", "lab tests (sysctl)"),
     ("nginx", "cargo xtask lab (the HTTP servers)"),
     ("python3-urllib3", "cargo xtask lab (the HTTP client)"),
-    ("qemu-system-x86", "cargo xtask vm-test (booting other kernels)"),
-    ("busybox-static", "cargo xtask vm-test (the guest's shell and tools)"),
-    ("lz4", "cargo xtask vm-test (unpacking LZ4 kernel images, 6.1)"),
-    ("zstd", "cargo xtask vm-test (unpacking zstd kernel images, 6.12)"),
+    ("qemu-system-x86", "cargo xtask vm-test (qemu)"),
+    ("busybox-static", "cargo xtask vm-test (guest shell)"),
+    ("lz4", "cargo xtask vm-test (6.1 kernel image)"),
+    ("zstd", "cargo xtask vm-test (6.12 kernel image)"),
 ];
 /// The journald test starts this binary when no journal runs; package `systemd` provides it.
 const JOURNALD: &str = "/lib/systemd/systemd-journald";
