@@ -38,6 +38,8 @@ pub enum Msg {
     Ready(observer::Ready),
     /// The observer attributed a connection death.
     Finding(Box<Finding>),
+    /// The observer's totals: events lost in the kernel since it started.
+    Stats { kernel_lost: u64 },
     /// The client reported something.
     Client(client::Line),
     /// A line that could not be read as what `Source` prints.

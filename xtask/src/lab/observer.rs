@@ -18,6 +18,9 @@ use super::events::{Events, Msg, Source};
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the observer may take to exit after SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How often the observer reports its totals, among them the events the kernel side could
+/// not hand over (ring buffer full).
+pub const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The `ready` line: the kernel and what the observer cannot see on it.
 #[derive(Debug, Deserialize)]
@@ -49,6 +52,8 @@ pub struct Finding {
 pub struct Observer {
     guard: Option<ChildGuard>,
     stderr: PathBuf,
+    /// Events lost since it started, as of its last `stats` line.
+    pub lost: u64,
 }
 
 impl Observer {
@@ -72,6 +77,7 @@ impl Observer {
             .args(["--format", "json", "--journald", "off", "--findings-only"])
             .arg("--idle-expiry-floor")
             .arg(idle_expiry_floor_s.to_string())
+            .args(["--stats-interval", &STATS_INTERVAL.as_secs().to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log);
@@ -83,6 +89,7 @@ impl Observer {
         let mut observer = Observer {
             guard: Some(guard),
             stderr: stderr.to_owned(),
+            lost: 0,
         };
         events.read_lines(Source::Observer, stdout, parse)?;
 
@@ -90,6 +97,7 @@ impl Observer {
         loop {
             match events.next(deadline)? {
                 Some(Msg::Ready(ready)) => return Ok((observer, ready)),
+                Some(Msg::Stats { kernel_lost }) => observer.lost = kernel_lost,
                 Some(Msg::Closed(_)) => bail!("{}", observer.exited()),
                 Some(Msg::Unreadable(source, line)) => {
                     eprintln!("warning: {} printed {line}", source.name());
@@ -138,10 +146,24 @@ impl Drop for Observer {
     }
 }
 
-/// One line of the observer's output: `ready` and findings matter, other records are ignored.
+/// The `stats` line's count of events lost in the kernel.
+#[derive(Debug, Deserialize)]
+struct Stats {
+    kernel_lost: u64,
+}
+
+/// One line of the observer's output: `ready`, findings and the lost-event count matter, other
+/// records are ignored.
 fn parse(line: &str) -> Result<Option<Msg>, String> {
     let value: Value = serde_json::from_str(line).map_err(|error| error.to_string())?;
     match value.get("type").and_then(Value::as_str) {
+        Some("stats") => serde_json::from_value(value)
+            .map(|stats: Stats| {
+                Some(Msg::Stats {
+                    kernel_lost: stats.kernel_lost,
+                })
+            })
+            .map_err(|error| error.to_string()),
         Some("ready") => serde_json::from_value(value)
             .map(|ready| Some(Msg::Ready(ready)))
             .map_err(|error| error.to_string()),
@@ -189,7 +211,11 @@ mod tests {
             }
             other => panic!("expected a finding, got {other:?}"),
         }
-        assert!(matches!(parse(r#"{"type":"stats","lost":0}"#), Ok(None)));
+        assert!(matches!(
+            parse(r#"{"type":"stats","kernel_lost":3,"decode_errors":0,"events":9}"#),
+            Ok(Some(Msg::Stats { kernel_lost: 3 }))
+        ));
+        assert!(matches!(parse(r#"{"type":"hooks_changed"}"#), Ok(None)));
         assert!(parse("not json").is_err());
         assert!(parse(r#"{"type":"finding","verdict":1}"#).is_err());
     }

@@ -14,7 +14,7 @@ use keepalive_lab::{Middlebox, MiddleboxMode, Topology, VIP_V4, cleanup_stale, i
 
 use super::client::{self, Applied, Client, Line, Request};
 use super::events::{Events, Msg, Source};
-use super::observer::{Finding, Observer, tail};
+use super::observer::{Finding, Observer, STATS_INTERVAL, tail};
 use super::servers::{self, Servers};
 use super::summary::{self, Phase, Summary};
 use super::{Fix, LabArgs, PhaseSpec, interrupt};
@@ -26,8 +26,9 @@ const REQUEST_BOUND: Duration = Duration::from_secs(10);
 const PHASE_SLACK: Duration = Duration::from_secs(20);
 /// A finding that arrives before the client's line about its request waits this long for it.
 const HOLD: Duration = Duration::from_secs(1);
-/// Bound on the fence's finding.
+/// Bound on the fence's finding, and how long one fence connection is waited for.
 const FENCE_TIMEOUT: Duration = Duration::from_secs(10);
+const FENCE_RETRY: Duration = Duration::from_secs(2);
 const WORKDIR_PREFIX: &str = "keepalive-lab-";
 
 /// Runs every phase of `args` with `ladder` against the observer at `observer_binary`.
@@ -90,7 +91,7 @@ pub fn run(args: &LabArgs, ladder: &[f64], observer_binary: &Path) -> Result<Sum
             ),
         };
         println!("\n== {}/{}  {title}", index + 1, specs.len());
-        let phase = PhaseRun::new(site, *spec, applied).run(
+        let phase = PhaseRun::new(site, *spec, applied, observer.lost).run(
             &events,
             &mut observer,
             ladder,
@@ -225,6 +226,8 @@ struct PhaseRun<'a> {
     started: Instant,
     /// CLOCK_MONOTONIC at the start: findings about earlier events belong to no run of ours.
     since_ns: u64,
+    /// The observer's lost-event count at the start.
+    lost_before: u64,
     requests: Vec<Request>,
     findings: Vec<Finding>,
     /// Findings waiting for the line of their request, since when.
@@ -234,8 +237,9 @@ struct PhaseRun<'a> {
 }
 
 impl<'a> PhaseRun<'a> {
-    fn new(site: &'a Site, spec: PhaseSpec, applied: Option<Applied>) -> Self {
+    fn new(site: &'a Site, spec: PhaseSpec, applied: Option<Applied>, lost_before: u64) -> Self {
         PhaseRun {
+            lost_before,
             site,
             spec,
             applied,
@@ -291,6 +295,7 @@ impl<'a> PhaseRun<'a> {
         }
         self.fence(events, observer)?;
         self.release_held(true);
+        self.next_stats(events, observer)?;
         let (window_ms, advice) = self
             .findings
             .iter()
@@ -310,7 +315,24 @@ impl<'a> PhaseRun<'a> {
             findings: self.findings,
             window_ms,
             advice,
+            lost_events: observer.lost.saturating_sub(self.lost_before),
         })
+    }
+
+    /// Waits for the observer's next `stats` line, so that its lost-event count covers the
+    /// whole run; keeps the last count if none comes.
+    fn next_stats(&mut self, events: &Events, observer: &mut Observer) -> Result<()> {
+        let deadline = Instant::now() + 3 * STATS_INTERVAL;
+        loop {
+            match events.next(deadline)? {
+                Some(Msg::Stats { kernel_lost }) => {
+                    observer.lost = kernel_lost;
+                    return Ok(());
+                }
+                Some(msg) => self.handle(msg, observer)?,
+                None => return Ok(()),
+            }
+        }
     }
 
     fn handle(&mut self, msg: Msg, observer: &mut Observer) -> Result<()> {
@@ -328,6 +350,7 @@ impl<'a> PhaseRun<'a> {
                 self.findings.push(*finding);
             }
             Msg::Finding(_) | Msg::Ready(_) => {}
+            Msg::Stats { kernel_lost } => observer.lost = kernel_lost,
             Msg::Client(Line::Config(config)) => println!(
                 "  client: Python {}, urllib3 {}, HTTPConnectionPool of {}, HTTP/1.1 keep-alive, \
                  retries off, TCP_USER_TIMEOUT {} ms",
@@ -364,8 +387,44 @@ impl<'a> PhaseRun<'a> {
     /// the client's loopback makes a NO_SOCKET reset, whose event comes after all earlier ones
     /// through the observer's single ring buffer, and whose finding marks the point.
     fn fence(&mut self, events: &Events, observer: &mut Observer) -> Result<()> {
+        let deadline = Instant::now() + FENCE_TIMEOUT;
+        let mut markers = Vec::new();
+        // A marker whose event the kernel side had to drop never shows up: send another.
+        while Instant::now() < deadline {
+            markers.push(self.fence_marker()?);
+            let retry = (Instant::now() + FENCE_RETRY).min(deadline);
+            while let Some(msg) = events.next(retry)? {
+                match msg {
+                    Msg::Finding(finding)
+                        if markers.iter().any(|marker| {
+                            finding.local == *marker
+                                || (finding.remote == *marker
+                                    && finding.netns == self.site.client_inode)
+                        }) =>
+                    {
+                        return Ok(());
+                    }
+                    msg => self.handle(msg, observer)?,
+                }
+            }
+        }
+        let lost = observer.lost.saturating_sub(self.lost_before);
+        bail!(
+            "keepalive-observer reported nothing about {} fence connection(s) within {} s{}",
+            markers.len(),
+            FENCE_TIMEOUT.as_secs(),
+            if lost > 0 {
+                format!("; {}", summary::lost_warning(lost))
+            } else {
+                String::new()
+            }
+        )
+    }
+
+    /// A connection refused on the client's loopback; returns the refused address.
+    fn fence_marker(&self) -> Result<SocketAddr> {
         let netns = self.site.topology.client().netns();
-        let marker = in_netns(netns, || -> io::Result<SocketAddr> {
+        in_netns(netns, || -> io::Result<SocketAddr> {
             let closed = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?;
             match TcpStream::connect_timeout(&closed, Duration::from_secs(2)) {
                 Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => Ok(closed),
@@ -375,25 +434,7 @@ impl<'a> PhaseRun<'a> {
                 )),
             }
         })?
-        .context("the fence connection")?;
-        let deadline = Instant::now() + FENCE_TIMEOUT;
-        loop {
-            match events.next(deadline)? {
-                Some(Msg::Finding(finding))
-                    if finding.local == marker
-                        || (finding.remote == marker
-                            && finding.netns == self.site.client_inode) =>
-                {
-                    return Ok(());
-                }
-                Some(msg) => self.handle(msg, observer)?,
-                None => bail!(
-                    "keepalive-observer reported nothing about the fence connection to {marker} \
-                     within {} s",
-                    FENCE_TIMEOUT.as_secs()
-                ),
-            }
-        }
+        .context("the fence connection")
     }
 
     /// Prints held findings whose request line did not come in time (all of them at the end).
@@ -499,6 +540,9 @@ fn print_phase_summary(phase: &Phase, timeout: u32) {
     }
     if let Some(advice) = &phase.advice {
         println!("  advice: {advice}");
+    }
+    if phase.lost_events > 0 {
+        println!("  warning: {}", summary::lost_warning(phase.lost_events));
     }
 }
 

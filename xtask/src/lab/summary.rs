@@ -39,6 +39,9 @@ pub struct Phase {
     pub window_ms: Option<(u64, u64)>,
     /// The advice of that finding.
     pub advice: Option<String>,
+    /// Events the observer's kernel side could not hand over during the run.
+    #[serde(default)]
+    pub lost_events: u64,
 }
 
 impl Phase {
@@ -248,13 +251,26 @@ pub fn checks(summary: &Summary) -> Vec<Check> {
     checks
 }
 
-/// The descriptions of the checks that failed.
+/// The descriptions of the checks that failed, with the likely cause when the observer lost
+/// events.
 pub fn failed_checks(summary: &Summary) -> Vec<String> {
-    checks(summary)
+    let mut failed: Vec<String> = checks(summary)
         .into_iter()
         .filter(|check| !check.passed)
         .map(|check| check.what)
-        .collect()
+        .collect();
+    let lost: u64 = summary.phases.iter().map(|phase| phase.lost_events).sum();
+    if !failed.is_empty() && lost > 0 {
+        failed.push(lost_warning(lost));
+    }
+    failed
+}
+
+pub fn lost_warning(lost: u64) -> String {
+    format!(
+        "the observer lost {lost} kernel events (its ring buffer was full: something else on \
+         this host makes connections at a high rate), so findings may be missing"
+    )
 }
 
 /// What the CI step needs beyond the checks: the incident in reject mode and a fixed rerun.
@@ -367,6 +383,7 @@ mod tests {
             findings: vec![finding(3, kind, (4000, 7000))],
             window_ms: Some((4000, 7000)),
             advice: Some("set TCP_KEEPIDLE below 4 s".to_owned()),
+            lost_events: 0,
         }
     }
 
@@ -379,6 +396,7 @@ mod tests {
             findings,
             window_ms: None,
             advice: None,
+            lost_events: 0,
         }
     }
 
@@ -423,6 +441,13 @@ mod tests {
         let mut no_finding = incident("forged_rst", Failure::Reset);
         no_finding.findings.clear();
         assert_eq!(failed_checks(&summary(vec![no_finding])).len(), 1);
+
+        let mut lossy = incident("forged_rst", Failure::Reset);
+        lossy.findings.clear();
+        lossy.lost_events = 7;
+        let failed = failed_checks(&summary(vec![lossy]));
+        assert_eq!(failed.len(), 2);
+        assert!(failed[1].contains("lost 7 kernel events"), "{failed:?}");
 
         let mut narrow = incident("forged_rst", Failure::Reset);
         narrow.window_ms = Some((5500, 7000));
