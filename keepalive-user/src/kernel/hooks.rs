@@ -6,8 +6,6 @@
 //! functions themselves where the tracepoints are older (before 6.10 `tcp_send_reset` has no
 //! reason and misses NO_SOCKET replies).
 
-use std::fmt;
-
 /// How a hook reaches the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HookKind {
@@ -141,17 +139,6 @@ impl Hook {
             Self::Kprobe { targets } => format!("kprobe/{}", functions(targets)),
             Self::CgroupSkbIngress { .. } => "cgroup_skb/ingress".to_owned(),
         }
-    }
-}
-
-impl fmt::Display for HookKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Tracepoint => "tracepoint",
-            Self::Fentry => "fentry",
-            Self::Kprobe => "kprobe",
-            Self::CgroupSkb => "cgroup_skb",
-        })
     }
 }
 
