@@ -115,11 +115,11 @@ pub fn run(kernels: Kernels, hooks: &str) -> Result<()> {
             }
         }
     }
+    println!("vm-test took {:.0} s", started.elapsed().as_secs_f64());
     println!(
-        "vm-test: {} passed, {} failed, in {:.0} s",
+        "vm-test: {} passed, {} failed",
         outcomes.len() - failed.len(),
-        failed.len(),
-        started.elapsed().as_secs_f64()
+        failed.len()
     );
     if !failed.is_empty() {
         bail!("vm-test failed on kernel {}", failed.join(", "));
