@@ -30,7 +30,7 @@ use crate::{cmd, setup};
 const DEFAULT_LADDER: [f64; 6] = [0.2, 0.4, 0.8, 1.1, 1.4, 2.4];
 /// The observer reports a survived idle gap from this many seconds on (its `--idle-floor`).
 const SHORTEST_LEARNED_PAUSE_S: f64 = 1.0;
-/// A pause this close to the timeout races the middlebox's clock.
+/// An idle time this close to the timeout races the middlebox's clock.
 const TIMEOUT_MARGIN_S: f64 = 0.25;
 const MAX_PAUSE_S: f64 = 3600.0;
 const MAX_PAUSES: usize = 20;

@@ -57,6 +57,7 @@ class TrackedConnection(HTTPConnection):
     local = None
     opened = False
     idle_since = None
+    idle_s = None
 
     def connect(self):
         super().connect()
@@ -66,6 +67,9 @@ class TrackedConnection(HTTPConnection):
         global last_used
         last_used = self
         self.opened = self.sock is None
+        self.idle_s = None
+        if not self.opened and self.idle_since is not None:
+            self.idle_s = round(time.monotonic() - self.idle_since, 3)
         return super().request(*args, **kwargs)
 
     def getresponse(self, *args, **kwargs):
@@ -146,6 +150,7 @@ def request(pool, job, attempt, pause_s):
     fields.update(
         local=getattr(last_used, "local", None),
         new_connection=getattr(last_used, "opened", False),
+        idle_s=getattr(last_used, "idle_s", None),
         elapsed_ms=round((time.monotonic() - started) * 1000, 1),
     )
     emit("request", **fields)

@@ -80,6 +80,9 @@ pub struct Request {
     pub job: u32,
     pub attempt: u32,
     pub pause_s: Option<f64>,
+    /// How long the pooled connection had been idle when the request went out; `None` on a
+    /// new connection.
+    pub idle_s: Option<f64>,
     pub ok: bool,
     pub status: Option<u16>,
     pub body: Option<String>,

@@ -455,10 +455,11 @@ impl<'a> PhaseRun<'a> {
     }
 
     fn request_line(&self, request: &Request) -> String {
-        let step = match (request.attempt, request.pause_s) {
-            (1, Some(pause)) => format!("job {:<2} after {pause:>4} s idle", request.job),
-            (1, None) => format!("job {:<2} {:<16}", request.job, "opens the pool"),
-            _ => format!("job {:<2} {:<16}", request.job, "retried"),
+        let step = match (request.attempt, request.idle_s, request.pause_s) {
+            (1, Some(idle), _) => format!("job {:<2} after {idle:>4.1} s idle", request.job),
+            (1, None, Some(pause)) => format!("job {:<2} after {pause:>4.1} s pause", request.job),
+            (1, None, None) => format!("job {:<2} {:<17}", request.job, "opens the pool"),
+            _ => format!("job {:<2} {:<17}", request.job, "retried"),
         };
         let conn = request
             .local

@@ -9,6 +9,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use super::TIMEOUT_MARGIN_S;
 use super::client::{Failure, Request};
 use super::observer::Finding;
 
@@ -175,28 +176,28 @@ pub fn checks(summary: &Summary) -> Vec<Check> {
             });
             continue;
         }
-        let above: Vec<f64> = summary
-            .ladder_s
-            .iter()
-            .copied()
-            .filter(|pause| *pause > f64::from(summary.timeout_s))
-            .collect();
-        let failed_pauses: Vec<f64> = phase
+        let timeout = f64::from(summary.timeout_s);
+        let failed_idle: Vec<f64> = phase
             .failed()
-            .map(|request| request.pause_s.unwrap_or(0.0))
+            .filter_map(|request| request.idle_s)
             .collect();
-        let first_attempts_as_expected = phase
+        let expected_idle: Vec<f64> = phase
             .requests
             .iter()
-            .all(|request| request.ok == expected_ok(request, summary.timeout_s));
+            .filter(|request| expected_ok(request, timeout) == Some(false))
+            .filter_map(|request| request.idle_s)
+            .collect();
+        let as_expected = phase.requests.iter().all(|request| {
+            expected_ok(request, timeout).is_none_or(|expected| expected == request.ok)
+        });
         checks.push(Check {
-            passed: first_attempts_as_expected && !failed_pauses.is_empty(),
+            passed: as_expected && phase.failed().next().is_some(),
             what: format!(
-                "{label}: requests failed exactly after the pauses above {} s ({} s failed, {} s \
-                 expected)",
+                "{label}: requests failed exactly on connections idle longer than {} s (failed \
+                 after {} s idle, expected after {} s)",
                 summary.timeout_s,
-                list(&failed_pauses),
-                list(&above)
+                list(&failed_idle),
+                list(&expected_idle)
             ),
         });
         let (expected, kinds): (Failure, &[&str]) = if phase.middlebox == "drop" {
@@ -291,22 +292,23 @@ pub fn missing_phases(summary: &Summary) -> Vec<String> {
     missing
 }
 
-/// Without a fix, the first attempt of a job fails exactly when its pause outlasts the
-/// timeout; job 0 and retries open new connections and succeed.
-fn expected_ok(request: &Request, timeout_s: u32) -> bool {
-    request.attempt > 1
-        || request
-            .pause_s
-            .is_none_or(|pause| pause < f64::from(timeout_s))
+/// Without a fix, a request on a pooled connection fails exactly when the connection sat idle
+/// longer than the timeout (`None`: too close to tell); requests on new connections succeed.
+fn expected_ok(request: &Request, timeout_s: f64) -> Option<bool> {
+    match request.idle_s {
+        Some(idle) if (idle - timeout_s).abs() < TIMEOUT_MARGIN_S => None,
+        Some(idle) => Some(idle < timeout_s),
+        None => Some(true),
+    }
 }
 
-fn list(pauses: &[f64]) -> String {
-    if pauses.is_empty() {
+fn list(seconds: &[f64]) -> String {
+    if seconds.is_empty() {
         return "none".to_owned();
     }
-    pauses
+    seconds
         .iter()
-        .map(f64::to_string)
+        .map(|value| format!("{value:.1}"))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -331,6 +333,7 @@ mod tests {
             job,
             attempt,
             pause_s,
+            idle_s: pause_s.filter(|_| attempt == 1),
             ok: failure.is_none(),
             status: failure.is_none().then_some(200),
             body: failure.is_none().then(|| "srv0".to_owned()),
@@ -452,6 +455,22 @@ mod tests {
         let mut narrow = incident("forged_rst", Failure::Reset);
         narrow.window_ms = Some((5500, 7000));
         assert_eq!(failed_checks(&summary(vec![narrow])).len(), 1);
+
+        let mut starved = incident("forged_rst", Failure::Reset);
+        starved.requests[2].idle_s = Some(7.4);
+        assert_eq!(
+            failed_checks(&summary(vec![starved])).len(),
+            1,
+            "a 4 s pause that became 7.4 s idle should have failed"
+        );
+        let mut racing = incident("forged_rst", Failure::Reset);
+        racing.requests[2].idle_s = Some(5.1);
+        racing.requests[2].ok = false;
+        racing.requests[2].category = Some(Failure::Reset);
+        assert!(
+            checks(&summary(vec![racing]))[0].passed,
+            "5.1 s idle against 5 s may go either way"
+        );
 
         let timeouts_in_reject = incident("forged_rst", Failure::Timeout);
         assert!(!failed_checks(&summary(vec![timeouts_in_reject])).is_empty());
