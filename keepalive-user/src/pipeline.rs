@@ -85,8 +85,9 @@ impl Pipeline {
         if self.stopped() {
             return;
         }
+        // Counted whether printed or not: the stats line compares received with lost.
+        self.loss.count_event(event.kind);
         if self.print_events {
-            self.loss.count_event(event.kind);
             let written = self.sinks.event(event);
             self.keep_error(written.map_err(PipelineError::from));
         }
