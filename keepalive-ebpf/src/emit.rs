@@ -124,8 +124,29 @@ pub fn new_task_less_event(kind: EventKind) -> Option<Pending> {
     Some(Pending(entry))
 }
 
+/// `bpf_ringbuf_query`: bytes not yet consumed.
+const BPF_RB_AVAIL_DATA: u64 = 0;
+/// `bpf_ringbuf_submit` flags.
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+/// The reader drains the ring buffer on a short timer and is woken early only when the data
+/// waiting crosses this mark. Every wake-up raises an irq_work (a self-IPI, which in a VM is
+/// an exit): waking the reader for each event, as the default does whenever it has caught
+/// up, nearly doubled the run time of `inet_sock_set_state` under connection churn (1.9 µs
+/// against 1.1 µs, `cargo xtask bench`).
+const WAKEUP_BYTES: u64 = EVENTS_RING_BYTES as u64 / 4;
+/// Submits that see the waiting data within this much above the mark wake the reader: one
+/// would do, but producers on other CPUs may step over a narrower window.
+const WAKEUP_WINDOW: u64 = 8192;
+
 /// Hands the event to userspace.
 #[inline(always)]
 pub fn submit(event: Pending) {
-    event.0.submit(0);
+    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA);
+    let flags = if waiting.wrapping_sub(WAKEUP_BYTES) < WAKEUP_WINDOW {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    event.0.submit(flags);
 }

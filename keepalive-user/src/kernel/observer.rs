@@ -190,14 +190,17 @@ impl Observer {
         })
     }
 
-    /// Waits until records are available, then hands each one's bytes to `each`.
+    /// Waits until the kernel wakes the reader (the ring buffer is filling up) or
+    /// [`DRAIN_INTERVAL`] passes, then hands each waiting record's bytes to `each`.
     pub async fn next_batch(&mut self, mut each: impl FnMut(&[u8])) -> io::Result<()> {
-        let mut guard = self.events.readable_mut().await?;
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            each(&item);
+        match tokio::time::timeout(DRAIN_INTERVAL, self.events.readable_mut()).await {
+            Ok(guard) => {
+                let mut guard = guard?;
+                drain(guard.get_inner_mut(), &mut each);
+                guard.clear_ready();
+            }
+            Err(_) => drain(self.events.get_mut(), &mut each),
         }
-        guard.clear_ready();
         Ok(())
     }
 
@@ -207,6 +210,17 @@ impl Observer {
             .get(&0, 0)
             .map(|per_cpu| per_cpu.iter().sum())
             .unwrap_or(0)
+    }
+}
+
+/// How often the reader drains the ring buffer without being woken: the programs wake it
+/// only when a quarter of the buffer is waiting (keepalive-ebpf's `WAKEUP_BYTES`), so this
+/// bounds how late an event is read, not how fast.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
+
+fn drain(ring: &mut RingBuf<MapData>, each: &mut impl FnMut(&[u8])) {
+    while let Some(item) = ring.next() {
+        each(&item);
     }
 }
 
