@@ -178,15 +178,22 @@ impl Observer {
         // for as long as it lives, which is as long as the AsyncFd that owns it.
         let events = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
             .map_err(|e| LoadError::Runtime(e.into()))?;
+        let decode = DecodeContext {
+            hz,
+            reset_reasons: kernel.reset_reasons(),
+        };
+        // Parsing the kernel's BTF (twice: offsets, then aya's attach) peaks at ~90 MB of
+        // heap, which malloc keeps after it is freed: without this the daemon's RSS stays
+        // at that peak (~70 MB) for good instead of ~14 MB.
+        drop(kernel);
+        drop(btf);
+        release_freed_heap();
         Ok(Self {
             _ebpf: ebpf,
             events,
             lost,
             hooks,
-            decode: DecodeContext {
-                hz,
-                reset_reasons: kernel.reset_reasons(),
-            },
+            decode,
         })
     }
 
@@ -210,6 +217,15 @@ impl Observer {
             .get(&0, 0)
             .map(|per_cpu| per_cpu.iter().sum())
             .unwrap_or(0)
+    }
+}
+
+/// Returns the heap's free memory to the kernel.
+fn release_freed_heap() {
+    // SAFETY: malloc_trim only gives back pages that are free; it has no preconditions.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
