@@ -19,7 +19,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the observer may take to exit after SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How often the observer reports its totals, among them the events the kernel side could
-/// not hand over (ring buffer full).
+/// not hand over (ring buffer full). Writing every second also ends it within a second should
+/// xtask die without stopping it: its standard output is then closed.
 pub const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The `ready` line: the kernel and what the observer cannot see on it.
