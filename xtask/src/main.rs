@@ -1,6 +1,7 @@
 //! Developer tasks for keepalive-observer. Built with the machine's default stable toolchain;
 //! installs and then calls the pinned toolchains by name.
 
+mod bench;
 mod build;
 mod cmd;
 mod lab;
@@ -54,6 +55,11 @@ enum Command {
         #[arg(long, default_value = vm_test::ALL_HOOKS)]
         hooks: String,
     },
+    /// Measure overhead and throughput on loopback, with and without observers (root).
+    Bench(bench::Settings),
+    /// Internal to `bench`: holds idle loopback connections in a helper process.
+    #[command(hide = true)]
+    BenchHold(bench::HoldArgs),
     /// Reproduce the "Connection reset behind a VIP" incident in network namespaces, watch the
     /// observer explain it, apply its advice and watch the resets go away (root).
     Lab(lab::LabArgs),
@@ -83,6 +89,8 @@ fn task(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Test => test::run()?,
         Command::VmTest { kernel, hooks } => vm_test::run(kernel, &hooks)?,
+        Command::Bench(settings) => bench::run(&settings)?,
+        Command::BenchHold(args) => bench::hold(&args)?,
         Command::Lab(args) => return lab::run(&args),
     }
     Ok(ExitCode::SUCCESS)

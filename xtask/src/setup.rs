@@ -27,6 +27,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nftables", "lab tests (nft)"),
     ("conntrack", "lab tests (conntrack)"),
     ("procps", "lab tests (sysctl)"),
+    ("bpftrace", "cargo xtask bench (the bpftrace comparison)"),
+    ("bpftool", "cargo xtask bench (program and map names)"),
     ("nginx", "cargo xtask lab (the HTTP servers)"),
     ("python3-urllib3", "cargo xtask lab (the HTTP client)"),
     ("qemu-system-x86", "cargo xtask vm-test (qemu)"),
@@ -346,7 +348,7 @@ fn kernel_version(release: &str) -> Option<(u32, u32)> {
 }
 
 /// Mount point of the first cgroup v2 file system in a `/proc/self/mounts` listing.
-fn cgroup2_mount(mounts: &str) -> Option<&str> {
+pub fn cgroup2_mount(mounts: &str) -> Option<&str> {
     mounts.lines().find_map(|line| {
         let mut fields = line.split_whitespace();
         let path = fields.nth(1)?;

@@ -1,0 +1,591 @@
+//! The figures, judged against the goals of issue 6, as a terminal table and as Markdown.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use super::bpf::{EMPTY_PROGRAM, RunTime};
+use super::host::Machine;
+use super::load::per_second;
+use super::procs::{Daemon, TRACEPOINTS};
+use super::{Churn, Idle, Mode, Programs, STORM_NICE, Settings, Storm, StormRun};
+
+/// Churn with the observer, as a share of churn without.
+const CHURN_RATIO_GOAL: f64 = 0.97;
+/// The segment program's per-packet time, as a multiple of the empty program's.
+const EARLY_EXIT_GOAL: f64 = 1.10;
+/// Every other program, per run.
+const PROGRAM_NS_GOAL: f64 = 150.0;
+/// Daemon CPU per event delivered.
+const CPU_PER_EVENT_GOAL: Duration = Duration::from_micros(2);
+/// Daemon RSS with the idle connections open.
+const RSS_GOAL_KIB: u64 = 32 * 1024;
+/// Fewer runs than this in a workload are too few to judge a program's cost by.
+const MIN_RUNS: u64 = 1000;
+/// The per-packet program and the workload whose segments almost never carry SYN or RST.
+const SEGMENT_PROGRAM: &str = "segment_ttl";
+const PACKET_WORKLOAD: &str = "stream";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Status {
+    Met,
+    Missed,
+    /// A figure without a goal of its own.
+    Info,
+}
+
+impl Status {
+    fn judge(met: bool) -> Self {
+        if met { Status::Met } else { Status::Missed }
+    }
+
+    fn word(self) -> &'static str {
+        match self {
+            Status::Met => "met",
+            Status::Missed => "MISSED",
+            Status::Info => "",
+        }
+    }
+}
+
+struct Row {
+    figure: String,
+    value: String,
+    goal: String,
+    status: Status,
+}
+
+impl Row {
+    fn info(figure: impl Into<String>, value: impl Into<String>) -> Self {
+        Self {
+            figure: figure.into(),
+            value: value.into(),
+            goal: String::new(),
+            status: Status::Info,
+        }
+    }
+
+    fn goal(
+        figure: impl Into<String>,
+        value: impl Into<String>,
+        goal: impl Into<String>,
+        met: bool,
+    ) -> Self {
+        Self {
+            figure: figure.into(),
+            value: value.into(),
+            goal: goal.into(),
+            status: Status::judge(met),
+        }
+    }
+}
+
+/// Everything one run measured.
+pub struct Results {
+    machine: Machine,
+    settings: Settings,
+    pub churn: Option<Churn>,
+    pub storm: Option<Storm>,
+    pub programs: Option<Programs>,
+    pub idle: Option<Idle>,
+}
+
+impl Results {
+    pub fn new(machine: Machine, settings: Settings) -> Self {
+        Self {
+            machine,
+            settings,
+            churn: None,
+            storm: None,
+            programs: None,
+            idle: None,
+        }
+    }
+
+    fn rows(&self) -> Vec<Row> {
+        let mut rows = Vec::new();
+        if let Some(churn) = &self.churn {
+            churn_rows(churn, &mut rows);
+        }
+        if let Some(storm) = &self.storm {
+            storm_rows(storm, &mut rows);
+        }
+        if let Some(programs) = &self.programs {
+            program_rows(programs, &mut rows);
+        }
+        if let Some(idle) = &self.idle {
+            idle_rows(idle, &mut rows);
+        }
+        rows
+    }
+
+    /// The table printed at the end of a run.
+    pub fn table(&self) -> String {
+        let rows = self.rows();
+        let width = |f: fn(&Row) -> &str, title: &str| {
+            rows.iter()
+                .map(|row| f(row).chars().count())
+                .chain([title.len()])
+                .max()
+                .unwrap_or(0)
+        };
+        let figure_width = width(|row| &row.figure, "figure");
+        let value_width = width(|row| &row.value, "value");
+        let goal_width = width(|row| &row.goal, "goal");
+        let mut out = format!(
+            "{:<figure_width$}  {:>value_width$}  {:<goal_width$}  status\n",
+            "figure", "value", "goal"
+        );
+        for row in &rows {
+            let _ = writeln!(
+                out,
+                "{:<figure_width$}  {:>value_width$}  {:<goal_width$}  {}",
+                row.figure,
+                row.value,
+                row.goal,
+                row.status.word()
+            );
+        }
+        out
+    }
+
+    /// The generated part of docs/benchmarks.md.
+    pub fn markdown(&self) -> String {
+        let m = &self.machine;
+        let s = &self.settings;
+        let mut out = String::new();
+        let _ = writeln!(out, "## Run\n");
+        let _ = writeln!(out, "| | |\n|---|---|");
+        let _ = writeln!(out, "| date | {} |", m.date);
+        let _ = writeln!(
+            out,
+            "| machine | {} CPUs ({}), {:.1} GiB memory |",
+            m.cpus,
+            m.cpu_model,
+            m.memory_mib as f64 / 1024.0
+        );
+        let _ = writeln!(out, "| kernel | {} |", m.kernel);
+        let _ = writeln!(out, "| load average at start | {} |", m.loadavg);
+        let others = if m.other_observers.is_empty() {
+            "none".to_owned()
+        } else {
+            m.other_observers.join(", ")
+        };
+        let _ = writeln!(out, "| other observers running at start | {others} |");
+        for (name, version) in &m.versions {
+            let _ = writeln!(out, "| {name} | {version} |");
+        }
+        let _ = writeln!(
+            out,
+            "| settings | `--duration {} --rounds {} --workers {} --storm-duration {} \
+             --program-duration {} --idle-connections {}` |",
+            s.duration.as_secs_f64(),
+            s.rounds,
+            s.workers,
+            s.storm_duration.as_secs_f64(),
+            s.program_duration.as_secs_f64(),
+            s.idle_connections
+        );
+        let _ = writeln!(
+            out,
+            "| daemon flags | `{}` (all hooks attached) |",
+            Daemon::ARGS.join(" ")
+        );
+        let tracepoints: Vec<String> = TRACEPOINTS
+            .iter()
+            .map(|(category, name)| format!("{category}:{name}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "| bpftrace script | `count()` on tracepoint {} |",
+            tracepoints.join(", ")
+        );
+
+        let _ = writeln!(out, "\n## Figures and goals\n");
+        let _ = writeln!(
+            out,
+            "| figure | value | goal | status |\n|---|---:|---|---|"
+        );
+        for row in self.rows() {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} |",
+                row.figure,
+                row.value,
+                row.goal,
+                row.status.word()
+            );
+        }
+        if let Some(churn) = &self.churn {
+            churn_rounds(churn, &mut out);
+        }
+        if let Some(programs) = &self.programs {
+            program_table(programs, &mut out);
+        }
+        if let Some(idle) = &self.idle {
+            map_table(idle, &mut out);
+        }
+        out
+    }
+}
+
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    Some(if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    })
+}
+
+fn churn_median(churn: &Churn, mode: Mode) -> Option<f64> {
+    median(
+        churn
+            .runs
+            .iter()
+            .filter(|(_, m, _)| *m == mode)
+            .map(|(_, _, outcome)| outcome.per_second())
+            .collect(),
+    )
+}
+
+fn churn_rows(churn: &Churn, rows: &mut Vec<Row>) {
+    let a = churn_median(churn, Mode::None);
+    let b = churn_median(churn, Mode::Daemon);
+    let c = churn_median(churn, Mode::Bpftrace);
+    for (mode, value) in [(Mode::None, a), (Mode::Daemon, b), (Mode::Bpftrace, c)] {
+        rows.push(Row::info(
+            format!("churn {} (median)", mode.label()),
+            value.map_or_else(|| "-".to_owned(), |v| format!("{v:.0} conn/s")),
+        ));
+    }
+    let errors: u64 = churn.runs.iter().map(|(_, _, o)| o.errors).sum();
+    rows.push(Row::info("churn errors (all rounds)", errors.to_string()));
+    if let (Some(a), Some(b), Some(c)) = (a, b, c)
+        && a > 0.0
+    {
+        let (ba, ca) = (b / a, c / a);
+        rows.push(Row::goal(
+            "churn b/a",
+            format!("{ba:.3}"),
+            format!("≥ {CHURN_RATIO_GOAL}"),
+            ba >= CHURN_RATIO_GOAL,
+        ));
+        rows.push(Row::goal(
+            "churn c/a",
+            format!("{ca:.3}"),
+            "b/a > c/a",
+            ba > ca,
+        ));
+    }
+    rows.push(Row::info(
+        "churn b: events received by the daemon / lost",
+        format!("{} / {}", churn.daemon_events, churn.daemon_lost),
+    ));
+    rows.push(Row::info(
+        format!(
+            "churn c: tracepoint hits counted ({} probes)",
+            churn.bpftrace_probes
+        ),
+        churn.bpftrace_hits.to_string(),
+    ));
+}
+
+fn storm_rows(storm: &Storm, rows: &mut Vec<Row>) {
+    let run = &storm.default;
+    rows.push(Row::info(
+        "reset storm: resets/s (with the daemon)",
+        format!("{:.0}", run.resets.per_second()),
+    ));
+    rows.push(Row::info(
+        "reset storm: events delivered to userspace/s",
+        format!("{:.0}", per_second(run.daemon.events, run.resets.elapsed)),
+    ));
+    rows.push(Row::goal(
+        "reset storm: events lost (kernel counter)",
+        format!(
+            "{} of {}",
+            run.daemon.kernel_lost,
+            run.daemon.events + run.daemon.kernel_lost
+        ),
+        "0",
+        run.daemon.kernel_lost == 0,
+    ));
+    match cpu_per_event(run) {
+        Some(per_event) => rows.push(Row::goal(
+            "reset storm: daemon CPU per event",
+            format!("{:.2} µs", per_event.as_secs_f64() * 1e6),
+            format!("≤ {} µs", CPU_PER_EVENT_GOAL.as_secs_f64() * 1e6),
+            per_event <= CPU_PER_EVENT_GOAL,
+        )),
+        None => rows.push(Row::info("reset storm: daemon CPU per event", "no events")),
+    }
+    rows.push(Row::info(
+        "reset storm: daemon CPU / findings printed",
+        format!(
+            "{:.2} s / {}",
+            run.daemon_cpu.as_secs_f64(),
+            run.daemon.findings
+        ),
+    ));
+    rows.push(Row::info(
+        "reset storm: daemon peak RSS (VmHWM)",
+        mib(run.peak_rss_kib),
+    ));
+    let reniced = &storm.reniced;
+    rows.push(Row::info(
+        format!("reset storm, daemon at nice {STORM_NICE}: resets/s, events/s, lost"),
+        format!(
+            "{:.0}, {:.0}, {} of {}",
+            reniced.resets.per_second(),
+            per_second(reniced.daemon.events, reniced.resets.elapsed),
+            reniced.daemon.kernel_lost,
+            reniced.daemon.events + reniced.daemon.kernel_lost
+        ),
+    ));
+    if let Some(per_event) = cpu_per_event(reniced) {
+        rows.push(Row::info(
+            format!("reset storm, daemon at nice {STORM_NICE}: CPU per event"),
+            format!("{:.2} µs", per_event.as_secs_f64() * 1e6),
+        ));
+    }
+}
+
+fn cpu_per_event(run: &StormRun) -> Option<Duration> {
+    let events = u32::try_from(run.daemon.events).ok().filter(|&n| n > 0)?;
+    Some(run.daemon_cpu / events)
+}
+
+/// A program's average run time in a workload, when it ran at least [`MIN_RUNS`] times.
+fn ns_per_run(programs: &Programs, workload: &str, program: &str) -> Option<f64> {
+    let run = programs
+        .workloads
+        .iter()
+        .find(|w| w.name == workload)?
+        .runs
+        .iter()
+        .find(|(name, _)| name == program)?
+        .1;
+    if run.run_cnt < MIN_RUNS {
+        return None;
+    }
+    run.ns_per_run()
+}
+
+fn program_rows(programs: &Programs, rows: &mut Vec<Row>) {
+    let segment = ns_per_run(programs, PACKET_WORKLOAD, SEGMENT_PROGRAM);
+    let empty = ns_per_run(programs, PACKET_WORKLOAD, EMPTY_PROGRAM);
+    if let (Some(segment), Some(empty)) = (segment, empty) {
+        rows.push(Row::info(
+            format!("{EMPTY_PROGRAM} per packet ({PACKET_WORKLOAD})"),
+            format!("{empty:.1} ns"),
+        ));
+        rows.push(Row::goal(
+            format!("{SEGMENT_PROGRAM} per packet ({PACKET_WORKLOAD}, early exit)"),
+            format!(
+                "{segment:.1} ns ({:+.0} %)",
+                (segment / empty - 1.0) * 100.0
+            ),
+            format!("≤ empty + {:.0} %", (EARLY_EXIT_GOAL - 1.0) * 100.0),
+            segment <= empty * EARLY_EXIT_GOAL,
+        ));
+    }
+    // Every other program: its most expensive workload.
+    let mut names: Vec<&str> = programs
+        .workloads
+        .iter()
+        .flat_map(|w| w.runs.iter().map(|(name, _)| name.as_str()))
+        .filter(|name| *name != SEGMENT_PROGRAM && *name != EMPTY_PROGRAM)
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    for name in names {
+        let worst = programs
+            .workloads
+            .iter()
+            .filter_map(|w| ns_per_run(programs, w.name, name).map(|ns| (ns, w.name)))
+            .max_by(|x, y| x.0.total_cmp(&y.0));
+        match worst {
+            Some((ns, workload)) => rows.push(Row::goal(
+                format!("{name} per run (worst: {workload})"),
+                format!("{ns:.1} ns"),
+                format!("≤ {PROGRAM_NS_GOAL:.0} ns"),
+                ns <= PROGRAM_NS_GOAL,
+            )),
+            None => rows.push(Row::info(
+                format!("{name} per run"),
+                format!("< {MIN_RUNS} runs in every workload"),
+            )),
+        }
+    }
+    if let Some(ns) = programs
+        .workloads
+        .iter()
+        .filter_map(|w| ns_per_run(programs, w.name, SEGMENT_PROGRAM))
+        .max_by(f64::total_cmp)
+    {
+        rows.push(Row::info(
+            format!("{SEGMENT_PROGRAM} per packet (worst workload)"),
+            format!("{ns:.1} ns"),
+        ));
+    }
+}
+
+fn idle_rows(idle: &Idle, rows: &mut Vec<Row>) {
+    rows.push(Row::info(
+        "idle: connections established",
+        format!(
+            "{} in {:.1} s ({} processes)",
+            idle.connections,
+            idle.open_time.as_secs_f64(),
+            idle.processes
+        ),
+    ));
+    rows.push(Row::info(
+        "idle: daemon RSS before the connections",
+        mib(idle.rss_before_kib),
+    ));
+    rows.push(Row::goal(
+        format!("idle: daemon RSS with {} connections", idle.connections),
+        mib(idle.rss_kib),
+        format!("≤ {}", mib(RSS_GOAL_KIB)),
+        idle.rss_kib <= RSS_GOAL_KIB,
+    ));
+    rows.push(Row::info(
+        "idle: daemon peak RSS (VmHWM)",
+        mib(idle.peak_rss_kib),
+    ));
+    let maps: u64 = idle.maps.iter().map(|(_, bytes)| bytes).sum();
+    rows.push(Row::info(
+        format!("idle: kernel maps memory ({} maps)", idle.maps.len()),
+        mib(maps / 1024),
+    ));
+    rows.push(Row::info(
+        "idle: events received by the daemon / lost",
+        format!("{} / {}", idle.daemon.events, idle.daemon.kernel_lost),
+    ));
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+fn churn_rounds(churn: &Churn, out: &mut String) {
+    let _ = writeln!(out, "\n## Churn rounds (connections per second)\n");
+    let _ = write!(out, "| round |");
+    for mode in Mode::ALL {
+        let _ = write!(out, " {} |", mode.label());
+    }
+    let _ = writeln!(out, "\n|---|---:|---:|---:|");
+    let rounds = churn
+        .runs
+        .iter()
+        .map(|(round, _, _)| *round)
+        .max()
+        .unwrap_or(0);
+    for round in 1..=rounds {
+        let _ = write!(out, "| {round} |");
+        for mode in Mode::ALL {
+            let cell = churn
+                .runs
+                .iter()
+                .find(|(r, m, _)| *r == round && *m == mode)
+                .map_or_else(
+                    || "-".to_owned(),
+                    |(_, _, o)| format!("{:.0}", o.per_second()),
+                );
+            let _ = write!(out, " {cell} |");
+        }
+        let _ = writeln!(out);
+    }
+    let _ = writeln!(
+        out,
+        "\nModes run in rotating order (round 1: a b c, round 2: b c a, …)."
+    );
+}
+
+fn program_table(programs: &Programs, out: &mut String) {
+    let _ = writeln!(
+        out,
+        "\n## Per-program run time (ns per run, with runs in brackets; bpf_stats on)\n"
+    );
+    let _ = write!(out, "| program |");
+    for workload in &programs.workloads {
+        let unit = match workload.name {
+            "stream" => "round trips/s",
+            "churn" => "conn/s",
+            _ => "resets/s",
+        };
+        let _ = write!(
+            out,
+            " {} ({:.0} {unit}) |",
+            workload.name,
+            workload.outcome.per_second()
+        );
+    }
+    let _ = write!(out, "\n|---|");
+    for _ in &programs.workloads {
+        let _ = write!(out, "---:|");
+    }
+    let _ = writeln!(out);
+    let mut names: Vec<&str> = programs
+        .workloads
+        .iter()
+        .flat_map(|w| w.runs.iter().map(|(name, _)| name.as_str()))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    for name in names {
+        let _ = write!(out, "| {name} |");
+        for workload in &programs.workloads {
+            let run = workload
+                .runs
+                .iter()
+                .find(|(other, _)| other == name)
+                .map_or_else(RunTime::default, |(_, run)| *run);
+            let cell = run
+                .ns_per_run()
+                .map_or_else(|| "-".to_owned(), |ns| format!("{ns:.1} ({})", run.run_cnt));
+            let _ = write!(out, " {cell} |");
+        }
+        let _ = writeln!(out);
+    }
+}
+
+fn map_table(idle: &Idle, out: &mut String) {
+    let _ = writeln!(
+        out,
+        "\n## Kernel maps with {} idle connections (memlock from fdinfo)\n",
+        idle.connections
+    );
+    let _ = writeln!(out, "| map | bytes |\n|---|---:|");
+    for (name, bytes) in &idle.maps {
+        let _ = writeln!(out, "| {name} | {bytes} |");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(Vec::new()), None);
+    }
+
+    #[test]
+    fn cpu_per_event_needs_events() {
+        let mut run = StormRun {
+            daemon_cpu: Duration::from_millis(10),
+            ..StormRun::default()
+        };
+        assert_eq!(cpu_per_event(&run), None);
+        run.daemon.events = 10_000;
+        assert_eq!(cpu_per_event(&run), Some(Duration::from_micros(1)));
+    }
+}
