@@ -15,7 +15,7 @@ use keepalive_common::{EventKind, tcp_state};
 
 use crate::{
     emit::{config, new_event, submit},
-    kernel::{cookie_of, fill_from_sock, is_full_tcp, read},
+    kernel::{Btf, Memory, cookie_of, fill_from_sock},
 };
 
 /// Cookies of sockets that sent after an idle gap and have not received since.
@@ -25,21 +25,26 @@ static AWAITING_REPLY: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536
 /// `BPF_NOEXIST`: fails when the key is present, so one idle send is reported once even when
 /// `tcp_sendmsg_locked` fires for several buffers of the same message.
 const BPF_NOEXIST: u64 = 1;
+const IPPROTO_TCP: u16 = 6;
 
 #[btf_tracepoint(function = "tcp_sendmsg_locked")]
 pub fn tcp_sendmsg_locked(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let cfg = config();
-    if sk.is_null() || cfg.idle_floor_jiffies == 0 || !is_full_tcp(sk) {
+    // An established socket is a full one: the state is read before the helper is called.
+    if sk.is_null()
+        || cfg.idle_floor_jiffies == 0
+        || Btf::read::<u8>(sk, cfg.offsets.skc_state) != tcp_state::ESTABLISHED
+    {
         return 0;
     }
-    if read::<u8>(sk, cfg.offsets.skc_state) != tcp_state::ESTABLISHED {
+    let Some(tcp) = Btf::full_tcp(sk) else {
         return 0;
-    }
+    };
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_jiffies64() } as u32;
-    let rcv_tstamp: u32 = read(sk, cfg.offsets.rcv_tstamp);
-    let lsndtime: u32 = read(sk, cfg.offsets.lsndtime);
+    let rcv_tstamp: u32 = Btf::read(tcp, cfg.offsets.rcv_tstamp);
+    let lsndtime: u32 = Btf::read(tcp, cfg.offsets.lsndtime);
     if now.wrapping_sub(rcv_tstamp) < cfg.idle_floor_jiffies
         || now.wrapping_sub(lsndtime) < cfg.idle_floor_jiffies
     {
@@ -52,7 +57,7 @@ pub fn tcp_sendmsg_locked(ctx: BtfTracePointContext) -> i32 {
     let Some(mut event) = new_event(EventKind::IdleSend) else {
         return 0;
     };
-    fill_from_sock(&mut event, sk);
+    fill_from_sock::<Btf>(&mut event, sk);
     event.cookie = cookie;
     submit(event);
     0
@@ -62,7 +67,12 @@ pub fn tcp_sendmsg_locked(ctx: BtfTracePointContext) -> i32 {
 pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let received: i32 = ctx.arg(1);
-    if received <= 0 || sk.is_null() || !is_full_tcp(sk) {
+    // Every socket's receives pass here: TCP ones go on to the lookup (only full sockets
+    // receive data, and only sockets in AWAITING_REPLY are reported).
+    if received <= 0
+        || sk.is_null()
+        || Btf::read::<u16>(sk, config().offsets.sk_protocol) != IPPROTO_TCP
+    {
         return 0;
     }
     let cookie = cookie_of(sk);
@@ -74,7 +84,7 @@ pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
     let Some(mut event) = new_event(EventKind::ReplyAfterIdle) else {
         return 0;
     };
-    fill_from_sock(&mut event, sk);
+    fill_from_sock::<Btf>(&mut event, sk);
     event.cookie = cookie;
     event.bytes = received;
     submit(event);

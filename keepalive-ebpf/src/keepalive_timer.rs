@@ -8,20 +8,20 @@ use keepalive_common::EventKind;
 
 use crate::{
     emit::{config, new_event, submit},
-    kernel::{fill_from_sock, is_full_tcp, read, stored_cookie},
+    kernel::{Btf, Memory, Probe, fill_from_sock, is_full_tcp, stored_cookie},
 };
 
 /// Emits [`EventKind::KeepaliveTimer`] for the socket that owns `timer` (its `sk_timer`).
 #[inline(always)]
 pub fn keepalive_timer_fired(timer: *const u8) {
     let sk = timer.wrapping_sub(config().offsets.sk_timer as usize);
-    if timer.is_null() || !is_full_tcp(sk) {
+    if timer.is_null() || !is_full_tcp::<Probe>(sk) {
         return;
     }
     let Some(mut event) = new_event(EventKind::KeepaliveTimer) else {
         return;
     };
-    fill_from_sock(&mut event, sk);
+    fill_from_sock::<Probe>(&mut event, sk);
     // The helper refuses a pointer computed by container_of; the stored cookie is the same
     // value once any other hook has seen the socket.
     event.cookie = stored_cookie(sk);
@@ -35,7 +35,8 @@ pub fn timer_expire_entry(ctx: BtfTracePointContext) -> i32 {
     if timer.is_null() || cfg.keepalive_timer_fn == 0 {
         return 0;
     }
-    let function: u64 = read(timer, cfg.offsets.timer_function);
+    // Every timer in the system passes here: a plain load keeps the filter cheap.
+    let function: u64 = Btf::read(timer, cfg.offsets.timer_function);
     if function != cfg.keepalive_timer_fn {
         return 0;
     }

@@ -13,7 +13,7 @@ use keepalive_common::{EventKind, flags};
 
 use crate::{
     emit::{config, new_event, submit},
-    kernel::{cookie_of, fill_from_sock, read, reset_facts},
+    kernel::{Btf, Memory, Probe, cookie_of, fill_from_sock, reset_facts},
 };
 
 const ETH_IPV4: u8 = 4;
@@ -23,14 +23,14 @@ const ETH_IPV6: u8 = 6;
 /// answered, `skb` is NULL for an RST on the socket's own connection, `reason` is `None`
 /// when the hook has no reset reason.
 #[inline(always)]
-pub fn reset_sent(sk: *const u8, skb: *const u8, reason: Option<u64>, cookie: u64) {
+pub fn reset_sent<M: Memory>(sk: *const u8, skb: *const u8, reason: Option<u64>, cookie: u64) {
     let Some(mut event) = new_event(EventKind::ResetSent) else {
         return;
     };
     let (facts, unread) = if sk.is_null() {
         (0, 0)
     } else {
-        reset_facts(sk)
+        reset_facts::<M>(sk)
     };
     let no_reason = if reason.is_some() {
         0
@@ -41,7 +41,7 @@ pub fn reset_sent(sk: *const u8, skb: *const u8, reason: Option<u64>, cookie: u6
     event.flags = facts | no_reason;
     event.unread = unread;
     if !sk.is_null() {
-        fill_from_sock(&mut event, sk);
+        fill_from_sock::<M>(&mut event, sk);
         event.cookie = cookie;
     }
     if !skb.is_null() {
@@ -52,14 +52,14 @@ pub fn reset_sent(sk: *const u8, skb: *const u8, reason: Option<u64>, cookie: u6
 
 /// Emits [`EventKind::ResetReceived`] for an RST that arrived on `sk`.
 #[inline(always)]
-pub fn reset_received(sk: *const u8, cookie: u64) {
+pub fn reset_received<M: Memory>(sk: *const u8, cookie: u64) {
     if sk.is_null() {
         return;
     }
     let Some(mut event) = new_event(EventKind::ResetReceived) else {
         return;
     };
-    fill_from_sock(&mut event, sk);
+    fill_from_sock::<M>(&mut event, sk);
     event.cookie = cookie;
     submit(event);
 }
@@ -69,7 +69,7 @@ pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let skb: *const u8 = ctx.arg(1);
     let reason: u64 = ctx.arg(2);
-    reset_sent(sk, skb, Some(reason), cookie_of(sk));
+    reset_sent::<Btf>(sk, skb, Some(reason), cookie_of(sk));
     0
 }
 
@@ -83,14 +83,14 @@ pub fn tcp_send_reset_no_reason(ctx: BtfTracePointContext) -> i32 {
     if sk.is_null() || !skb.is_null() {
         return 0;
     }
-    reset_sent(sk, skb, None, cookie_of(sk));
+    reset_sent::<Btf>(sk, skb, None, cookie_of(sk));
     0
 }
 
 #[btf_tracepoint(function = "tcp_receive_reset")]
 pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
-    reset_received(sk, cookie_of(sk));
+    reset_received::<Btf>(sk, cookie_of(sk));
     0
 }
 
@@ -99,32 +99,32 @@ pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
 #[inline(always)]
 fn fill_from_segment(event: &mut keepalive_common::Event, skb: *const u8) {
     let o = &config().offsets;
-    let head: u64 = read(skb, o.skb_head);
+    let head: u64 = Probe::read(skb, o.skb_head);
     if head == 0 {
         return;
     }
     let head = head as *const u8;
-    let network: u16 = read(skb, o.skb_network_header);
-    let transport: u16 = read(skb, o.skb_transport_header);
+    let network: u16 = Probe::read(skb, o.skb_network_header);
+    let transport: u16 = Probe::read(skb, o.skb_transport_header);
     let ip = unsafe { head.add(network as usize) };
-    let version = read::<u8>(ip, 0) >> 4;
+    let version = Probe::read::<u8>(ip, 0) >> 4;
     if version == ETH_IPV4 {
-        let src: [u8; 4] = read(ip, 12);
-        let dst: [u8; 4] = read(ip, 16);
+        let src: [u8; 4] = Probe::read(ip, 12);
+        let dst: [u8; 4] = Probe::read(ip, 16);
         event.remote_addr = [0; 16];
         event.local_addr = [0; 16];
         event.remote_addr[..4].copy_from_slice(&src);
         event.local_addr[..4].copy_from_slice(&dst);
         event.family = 2;
     } else if version == ETH_IPV6 {
-        event.remote_addr = read(ip, 8);
-        event.local_addr = read(ip, 24);
+        event.remote_addr = Probe::read(ip, 8);
+        event.local_addr = Probe::read(ip, 24);
         event.family = 10;
     } else {
         return;
     }
     let tcp = unsafe { head.add(transport as usize) };
-    event.remote_port = u16::from_be(read(tcp, 0));
-    event.local_port = u16::from_be(read(tcp, 2));
+    event.remote_port = u16::from_be(Probe::read(tcp, 0));
+    event.local_port = u16::from_be(Probe::read(tcp, 2));
     event.flags |= flags::FROM_SEGMENT;
 }

@@ -11,7 +11,7 @@ use keepalive_common::NO_ARG;
 
 use crate::{
     emit::config,
-    kernel::cookie_of,
+    kernel::{Probe, cookie_of},
     resets::{reset_received, reset_sent},
 };
 
@@ -31,7 +31,7 @@ fn arg_at(ctx: &FEntryContext, n: u32) -> Option<u64> {
 #[fentry(function = "tcp_reset")]
 pub fn fentry_tcp_reset(ctx: FEntryContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
-    reset_received(sk, cookie_of(sk));
+    reset_received::<Probe>(sk, cookie_of(sk));
     0
 }
 
@@ -39,7 +39,7 @@ pub fn fentry_tcp_reset(ctx: FEntryContext) -> i32 {
 pub fn fentry_tcp_send_active_reset(ctx: FEntryContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let reason = arg_at(&ctx, config().active_reset_reason_arg);
-    reset_sent(sk, core::ptr::null(), reason, cookie_of(sk));
+    reset_sent::<Probe>(sk, core::ptr::null(), reason, cookie_of(sk));
     0
 }
 
@@ -65,5 +65,5 @@ fn send_reset(ctx: &FEntryContext) {
         return;
     }
     let reason = arg_at(ctx, config().reply_reset_reason_arg);
-    reset_sent(sk, skb, reason, cookie_of(sk));
+    reset_sent::<Probe>(sk, skb, reason, cookie_of(sk));
 }

@@ -6,7 +6,7 @@
 
 use crate::{
     emit::config,
-    kernel::stored_cookie,
+    kernel::{Probe, stored_cookie},
     resets::{reset_received, reset_sent},
 };
 use aya_ebpf::{macros::kprobe, programs::ProbeContext};
@@ -34,7 +34,7 @@ fn cookie(sk: *const u8) -> u64 {
 #[kprobe]
 pub fn kprobe_tcp_reset(ctx: ProbeContext) -> u32 {
     if let Some(sk) = ctx.arg::<*const u8>(0) {
-        reset_received(sk, cookie(sk));
+        reset_received::<Probe>(sk, cookie(sk));
     }
     0
 }
@@ -43,7 +43,7 @@ pub fn kprobe_tcp_reset(ctx: ProbeContext) -> u32 {
 pub fn kprobe_tcp_send_active_reset(ctx: ProbeContext) -> u32 {
     if let Some(sk) = ctx.arg::<*const u8>(0) {
         let reason = arg_at(&ctx, config().active_reset_reason_arg);
-        reset_sent(sk, core::ptr::null(), reason, cookie(sk));
+        reset_sent::<Probe>(sk, core::ptr::null(), reason, cookie(sk));
     }
     0
 }
@@ -71,5 +71,5 @@ fn send_reset(ctx: &ProbeContext) {
         return;
     }
     let reason = arg_at(ctx, config().reply_reset_reason_arg);
-    reset_sent(sk, skb, reason, cookie(sk));
+    reset_sent::<Probe>(sk, skb, reason, cookie(sk));
 }
