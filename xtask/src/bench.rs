@@ -17,6 +17,7 @@ mod net;
 mod procs;
 mod report;
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -108,7 +109,7 @@ pub fn run(settings: &Settings) -> Result<()> {
         cgroup: cgroup_root()?,
         tracefs: Tracefs::ensure()?,
     };
-    let machine = Machine::describe(&tools.daemon, &tools.bpftrace, &tools.bpftool)?;
+    let mut machine = Machine::describe(&tools.daemon, &tools.bpftrace, &tools.bpftool)?;
     println!(
         "==> bench on {} CPU(s) ({}), load average {}",
         machine.cpus, machine.cpu_model, machine.loadavg
@@ -119,6 +120,21 @@ pub fn run(settings: &Settings) -> Result<()> {
             machine.other_observers.join(", ")
         );
     }
+    // A first start shows which hooks this kernel gives the daemon.
+    let hooks = Daemon::start(&tools.daemon)?;
+    let missing: Vec<&String> = hooks
+        .hooks
+        .iter()
+        .filter(|hook| !hook.ends_with("(attached)"))
+        .collect();
+    if !missing.is_empty() {
+        eprintln!(
+            "warning: the daemon runs without some hooks, so it costs less than it would with \
+             all of them: {missing:?}"
+        );
+    }
+    machine.daemon_hooks.clone_from(&hooks.hooks);
+    hooks.stop()?;
     let all = settings.phases.is_empty();
     let wants = |phase| all || settings.phases.contains(&phase);
     let mut results = report::Results::new(machine, settings.clone());
@@ -320,6 +336,12 @@ pub struct Workload {
     pub runs: Vec<(String, RunTime)>,
 }
 
+/// Phase 3's request / response workload, with the empty program attached before the
+/// daemon's and after it: the first program in a cgroup's list pays a few nanoseconds more per
+/// packet than the second, so each is measured in both places.
+pub const STREAM_EMPTY_FIRST: &str = "stream, empty program first";
+pub const STREAM_EMPTY_SECOND: &str = "stream, empty program second";
+
 fn programs(settings: &Settings, tools: &Tools) -> Result<Programs> {
     check_not_stopped()?;
     println!(
@@ -329,64 +351,34 @@ fn programs(settings: &Settings, tools: &Tools) -> Result<Programs> {
     let workers = settings.workers as usize;
     let duration = settings.program_duration;
     let _stats = StatsEnabled::enable()?;
-    let daemon = Daemon::start(&tools.daemon)?;
     let empty = EmptySkb::attach(&tools.cgroup)?;
+    let daemon = Daemon::start(&tools.daemon)?;
     let names = bpf::names(&tools.bpftool, "prog")?;
-    let snapshot = || -> Result<Vec<(String, RunTime)>> {
-        let mut runs: Vec<(String, RunTime)> = bpf::program_run_times(daemon.pid())?
-            .into_iter()
-            .map(|(id, run)| {
-                let name = names
-                    .get(&id)
-                    .cloned()
-                    .unwrap_or_else(|| format!("id {id}"));
-                (name, run)
-            })
-            .collect();
-        runs.push((bpf::EMPTY_PROGRAM.to_owned(), empty.run_time()?));
-        Ok(runs)
-    };
-    let delta = |before: &[(String, RunTime)], after: Vec<(String, RunTime)>| {
-        after
-            .into_iter()
-            .map(|(name, run)| {
-                let earlier = before
-                    .iter()
-                    .find(|(other, _)| *other == name)
-                    .map_or_else(RunTime::default, |(_, run)| *run);
-                (name, run.since(earlier))
-            })
-            .collect::<Vec<_>>()
+    let meter = Meter {
+        daemon: daemon.pid(),
+        names: &names,
     };
     let mut result = Programs::default();
-
     let stream = load::Stream::open(workers)?;
-    let before = snapshot()?;
-    let outcome = stream.run(duration);
-    result.workloads.push(Workload {
-        name: "stream",
-        outcome,
-        runs: delta(&before, snapshot()?),
-    });
+    result
+        .workloads
+        .push(meter.measure(STREAM_EMPTY_FIRST, &empty, || Ok(stream.run(duration)))?);
+    // Attached again, the empty program now runs after the daemon's.
+    drop(empty);
+    let empty = EmptySkb::attach(&tools.cgroup)?;
     check_not_stopped()?;
-
-    let before = snapshot()?;
-    let outcome = load::churn(workers, duration)?;
-    result.workloads.push(Workload {
-        name: "churn",
-        outcome,
-        runs: delta(&before, snapshot()?),
-    });
+    let stream = load::Stream::open(workers)?;
+    result
+        .workloads
+        .push(meter.measure(STREAM_EMPTY_SECOND, &empty, || Ok(stream.run(duration)))?);
     check_not_stopped()?;
-
-    let before = snapshot()?;
-    let outcome = load::reset_storm(workers, duration)?;
-    result.workloads.push(Workload {
-        name: "storm",
-        outcome,
-        runs: delta(&before, snapshot()?),
-    });
-
+    result
+        .workloads
+        .push(meter.measure("churn", &empty, || load::churn(workers, duration))?);
+    check_not_stopped()?;
+    result
+        .workloads
+        .push(meter.measure("storm", &empty, || load::reset_storm(workers, duration))?);
     drop(empty);
     daemon.stop()?;
     for workload in &result.workloads {
@@ -402,6 +394,56 @@ fn programs(settings: &Settings, tools: &Tools) -> Result<Programs> {
         }
     }
     Ok(result)
+}
+
+/// Reads the run time of the daemon's programs and of the empty program around a workload.
+struct Meter<'a> {
+    daemon: u32,
+    names: &'a BTreeMap<u32, String>,
+}
+
+impl Meter<'_> {
+    fn snapshot(&self, empty: &EmptySkb) -> Result<Vec<(String, RunTime)>> {
+        let mut runs: Vec<(String, RunTime)> = bpf::program_run_times(self.daemon)?
+            .into_iter()
+            .map(|(id, run)| {
+                let name = self
+                    .names
+                    .get(&id)
+                    .cloned()
+                    .unwrap_or_else(|| format!("id {id}"));
+                (name, run)
+            })
+            .collect();
+        runs.push((bpf::EMPTY_PROGRAM.to_owned(), empty.run_time()?));
+        Ok(runs)
+    }
+
+    fn measure(
+        &self,
+        name: &'static str,
+        empty: &EmptySkb,
+        work: impl FnOnce() -> Result<Outcome>,
+    ) -> Result<Workload> {
+        let before = self.snapshot(empty)?;
+        let outcome = work()?;
+        let runs = self
+            .snapshot(empty)?
+            .into_iter()
+            .map(|(program, run)| {
+                let earlier = before
+                    .iter()
+                    .find(|(other, _)| *other == program)
+                    .map_or_else(RunTime::default, |(_, run)| *run);
+                (program, run.since(earlier))
+            })
+            .collect();
+        Ok(Workload {
+            name,
+            outcome,
+            runs,
+        })
+    }
 }
 
 /// Workload 4 results.

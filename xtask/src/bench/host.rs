@@ -74,6 +74,8 @@ pub struct Machine {
     /// every figure.
     pub other_observers: Vec<String>,
     pub versions: Vec<(String, String)>,
+    /// The daemon's hooks on this kernel, `signal: hook (status)`.
+    pub daemon_hooks: Vec<String>,
 }
 
 impl Machine {
@@ -145,6 +147,7 @@ impl Machine {
                 .join(" "),
             other_observers: other_observers(),
             versions,
+            daemon_hooks: Vec::new(),
         })
     }
 }

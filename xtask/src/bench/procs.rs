@@ -271,6 +271,8 @@ fn stdout_file(what: &str) -> PathBuf {
 /// keepalive-observer with every hook, findings only, JSON on stdout, no journal.
 pub struct Daemon {
     process: Process,
+    /// The hook table of its `ready` line, one `signal: hook (status)` per hook.
+    pub hooks: Vec<String>,
 }
 
 /// The daemon's totals from its exit `stats` line.
@@ -301,8 +303,12 @@ impl Daemon {
             &mut command,
             Some(stdout_file("daemon")),
         )?;
-        process.wait_for(|line| line.starts_with(r#"{"type":"ready""#), START_TIMEOUT)?;
-        Ok(Self { process })
+        let ready =
+            process.wait_for(|line| line.starts_with(r#"{"type":"ready""#), START_TIMEOUT)?;
+        Ok(Self {
+            process,
+            hooks: parse_hooks(&ready)?,
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -322,6 +328,26 @@ impl Daemon {
             .context("keepalive-observer printed no stats line at exit")?;
         parse_stats(stats)
     }
+}
+
+/// `signal: hook (status)` for each hook of the `ready` line.
+fn parse_hooks(line: &str) -> Result<Vec<String>> {
+    let value: Value = serde_json::from_str(line).context("cannot parse the ready line")?;
+    let hooks = value
+        .get("hooks")
+        .and_then(Value::as_array)
+        .with_context(|| format!("ready line without hooks: {line}"))?;
+    Ok(hooks
+        .iter()
+        .map(|hook| {
+            let text = |key: &str| hook.get(key).and_then(Value::as_str).unwrap_or("?");
+            let status = match hook.get("why").and_then(Value::as_str) {
+                Some(why) => format!("{}: {why}", text("status")),
+                None => text("status").to_owned(),
+            };
+            format!("{}: {} ({status})", text("signal"), text("hook"))
+        })
+        .collect())
 }
 
 fn parse_stats(line: &str) -> Result<DaemonStats> {
@@ -460,6 +486,22 @@ mod tests {
         );
         assert!(parse_stats(r#"{"type":"stats"}"#).is_err());
         assert!(parse_stats("not json").is_err());
+    }
+
+    #[test]
+    fn parses_the_hook_table() {
+        let hooks = parse_hooks(
+            r#"{"type":"ready","hooks":[{"signal":"RST sent","hook":"tp_btf/tcp_send_reset","status":"attached","why":null},{"signal":"segment TTL","hook":"cgroup_skb/ingress","status":"unavailable","why":"no cgroup v2"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            hooks,
+            [
+                "RST sent: tp_btf/tcp_send_reset (attached)",
+                "segment TTL: cgroup_skb/ingress (unavailable: no cgroup v2)"
+            ]
+        );
+        assert!(parse_hooks(r#"{"type":"ready"}"#).is_err());
     }
 
     #[test]
