@@ -210,6 +210,8 @@ pub struct Churn {
     pub runs: Vec<(u32, Mode, Outcome)>,
     pub daemon_lost: u64,
     pub daemon_events: u64,
+    /// The daemon's CPU time during its rounds' churn.
+    pub daemon_cpu: Duration,
     pub bpftrace_hits: u64,
     pub bpftrace_probes: usize,
 }
@@ -234,7 +236,9 @@ fn churn(settings: &Settings, tools: &Tools) -> Result<Churn> {
                 Mode::None => load::churn(workers, settings.duration)?,
                 Mode::Daemon => {
                     let daemon = Daemon::start(&tools.daemon)?;
+                    let cpu_before = host::cpu_time(daemon.pid())?;
                     let outcome = load::churn(workers, settings.duration);
+                    result.daemon_cpu += host::cpu_time(daemon.pid())?.saturating_sub(cpu_before);
                     let stats = daemon.stop()?;
                     result.daemon_lost += stats.kernel_lost;
                     result.daemon_events += stats.events;

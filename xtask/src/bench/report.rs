@@ -285,6 +285,28 @@ fn churn_rows(churn: &Churn, rows: &mut Vec<Row>) {
         "churn b: events received by the daemon / lost",
         format!("{} / {}", churn.daemon_events, churn.daemon_lost),
     ));
+    let connections: u64 = churn
+        .runs
+        .iter()
+        .filter(|(_, mode, _)| *mode == Mode::Daemon)
+        .map(|(_, _, outcome)| outcome.done)
+        .sum();
+    if let (Ok(connections), Ok(events)) = (
+        u32::try_from(connections),
+        u32::try_from(churn.daemon_events),
+    ) && connections > 0
+        && events > 0
+    {
+        rows.push(Row::info(
+            "churn b: events per connection; daemon CPU per connection / per event",
+            format!(
+                "{:.1}; {:.1} µs / {:.2} µs",
+                f64::from(events) / f64::from(connections),
+                (churn.daemon_cpu / connections).as_secs_f64() * 1e6,
+                (churn.daemon_cpu / events).as_secs_f64() * 1e6
+            ),
+        ));
+    }
     rows.push(Row::info(
         format!(
             "churn c: tracepoint hits counted ({} probes)",
