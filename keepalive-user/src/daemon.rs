@@ -105,6 +105,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             pipeline.stats()?;
         }
     }
+    observer.drain_waiting(|bytes| pipeline.on_record(bytes));
     pipeline.loss.kernel_lost = observer.lost_events();
     drop(observer);
     match pipeline.stats() {

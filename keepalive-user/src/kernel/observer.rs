@@ -206,9 +206,15 @@ impl Observer {
                 drain(guard.get_inner_mut(), &mut each);
                 guard.clear_ready();
             }
-            Err(_) => drain(self.events.get_mut(), &mut each),
+            Err(_) => self.drain_waiting(each),
         }
         Ok(())
+    }
+
+    /// Hands every record already waiting to `each`, without waiting for more: the last read
+    /// before detaching, so that events from just before a SIGINT are not left unread.
+    pub fn drain_waiting(&mut self, mut each: impl FnMut(&[u8])) {
+        drain(self.events.get_mut(), &mut each);
     }
 
     /// Events the kernel could not put into the ring buffer, summed over CPUs.
