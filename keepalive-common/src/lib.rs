@@ -143,7 +143,8 @@ pub struct Event {
     pub bytes: i32,
     /// IPv4 TTL or IPv6 hop limit of the segment ([`EventKind::SegmentTtl`]).
     pub ttl: u8,
-    /// TCP flags of the segment ([`EventKind::SegmentTtl`]).
+    /// TCP flags of the segment ([`EventKind::SegmentTtl`]), or of the segment an RST answers
+    /// ([`EventKind::ResetSent`] with [`flags::FROM_SEGMENT`]).
     pub tcp_flags: u8,
     /// Explicit padding, always zero.
     pub _pad: [u8; 2],

@@ -16,6 +16,8 @@ use crate::{
     kernel::{Btf, Memory, Probe, cookie_of, fill_from_sock, reset_facts},
 };
 
+/// Offset of the flags byte in the TCP header.
+const TCP_FLAGS_BYTE: u32 = 13;
 const ETH_IPV4: u8 = 4;
 const ETH_IPV6: u8 = 6;
 
@@ -126,5 +128,8 @@ fn fill_from_segment(event: &mut keepalive_common::Event, skb: *const u8) {
     let tcp = unsafe { head.add(transport as usize) };
     event.remote_port = u16::from_be(Probe::read(tcp, 0));
     event.local_port = u16::from_be(Probe::read(tcp, 2));
+    // The answered segment's flags tell a refused connection attempt (a bare SYN) from a
+    // segment of a connection this host has forgotten.
+    event.tcp_flags = Probe::read(tcp, TCP_FLAGS_BYTE);
     event.flags |= flags::FROM_SEGMENT;
 }

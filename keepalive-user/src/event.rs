@@ -329,7 +329,9 @@ impl DecodeContext {
             keepalive,
             retransmits: has_tcp.then_some(raw.retransmits),
             ttl: (kind == TcpEventKind::SegmentTtl).then_some(raw.ttl),
-            tcp_flags: (kind == TcpEventKind::SegmentTtl).then_some(raw.tcp_flags),
+            tcp_flags: (kind == TcpEventKind::SegmentTtl
+                || (kind == TcpEventKind::ResetSent && raw.flags & flags::FROM_SEGMENT != 0))
+                .then_some(raw.tcp_flags),
             bytes: (kind == TcpEventKind::ReplyAfterIdle).then_some(raw.bytes),
             task: None,
         };

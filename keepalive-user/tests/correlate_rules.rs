@@ -131,6 +131,12 @@ impl B {
     }
 
     /// No socket, or a mini socket: no TCP fields.
+    /// The flags of the segment a reply RST answers.
+    fn answered(mut self, flags: u8) -> Self {
+        self.0.tcp_flags = Some(flags);
+        self
+    }
+
     fn no_tcp(mut self) -> Self {
         self.0.idle_rx_ms = None;
         self.0.idle_tx_ms = None;
@@ -375,6 +381,26 @@ fn no_socket_reply_is_reported_per_rst() {
     assert_eq!((f.pid, f.keepalive.as_ref()), (None, None));
     assert!(f.advice.contains(REMOTE), "{}", f.advice);
     assert_eq!(run.c.stats().connections, 0);
+}
+
+#[test]
+fn rst_refusing_a_bare_syn_is_no_finding_but_one_for_a_stray_ack_is() {
+    let mut run = Run::new();
+    let refused = ev(ResetSent, 0, 100)
+        .state(Unknown)
+        .no_tcp()
+        .reason("NO_SOCKET")
+        .answered(SYN);
+    run.feed(refused);
+    assert!(run.findings.is_empty(), "{:?}", run.findings);
+    let stray = ev(ResetSent, 0, 200)
+        .state(Unknown)
+        .no_tcp()
+        .reason("NO_SOCKET")
+        .answered(ACK);
+    run.feed(stray);
+    assert_eq!(run.findings.len(), 1);
+    assert_eq!(run.findings[0].kind, FindingKind::NoSocket);
 }
 
 #[test]

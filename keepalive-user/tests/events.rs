@@ -61,6 +61,7 @@ fn connect_to_a_closed_port_is_answered_with_a_no_socket_reset() {
         v["event"] == "reset_sent" && v["reason"] == "NO_SOCKET" && v["local"] == closed.to_string()
     });
     assert_eq!(reset["cookie"], 0, "no socket owns the segment: {reset}");
+    assert_eq!(reset["tcp_flags"], 2, "it answers a bare SYN: {reset}");
     let client = reset["remote"].as_str().unwrap().to_owned();
     let refused = daemon.wait_for("ECONNREFUSED on the client", WAIT, |v| {
         v["event"] == "socket_error" && v["sk_err"] == 111 && v["remote"] == closed.to_string()
@@ -69,6 +70,17 @@ fn connect_to_a_closed_port_is_answered_with_a_no_socket_reset() {
     daemon.wait_for("the client's RST", WAIT, |v| {
         is_event(v, "reset_received", &client, &closed.to_string()) && v["old_state"] == "SYN_SENT"
     });
+    // Findings follow kernel order: once the client's `refused` is out, a finding for the
+    // RST sent before it would be too. Refusing a SYN kills no connection: none is expected.
+    daemon.wait_for("the client's refused finding", WAIT, |v| {
+        v["type"] == "finding" && v["kind"] == "refused" && v["local"] == client
+    });
+    let closed = closed.to_string();
+    let stray = daemon.all(|v| v["type"] == "finding" && v["local"] == closed);
+    assert!(
+        stray.is_empty(),
+        "refusing a SYN is not a connection death: {stray:?}"
+    );
 }
 
 #[test]

@@ -372,6 +372,9 @@ impl Correlator {
 
     fn on_reset_sent(&mut self, ev: &TcpEvent, out: &mut Vec<Finding>) {
         if rules::is_reply_reset(ev) {
+            if rules::refuses_connection_attempt(ev) {
+                return;
+            }
             // One finding per RST: each answers one segment, and the socket (none, a
             // listener, TIME_WAIT, or an open connection that goes on) has not died.
             let conn = self

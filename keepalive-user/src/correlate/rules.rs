@@ -11,6 +11,8 @@
 
 use std::net::SocketAddr;
 
+use keepalive_common::tcp_flags;
+
 use super::{
     conn::{Keepalive, fmt_duration},
     finding::{Confidence, FindingKind, Verdict},
@@ -195,6 +197,15 @@ pub(super) fn is_reply_reset(ev: &TcpEvent) -> bool {
         )
         || reason_name(ev).is_some_and(|name| !ENDING_REASONS.contains(&name))
         || (ev.reason.is_none() && ev.reset_facts.is_some_and(|f| f.answers_segment))
+}
+
+/// Whether a reply RST refused a new connection: it answered a bare SYN (a closed port, a
+/// port scan). No connection died, so there is no finding; when the connecting side is on
+/// this host it gets its own `refused` finding. Recordings made before the answered segment's
+/// flags were captured carry none, and keep their `no_socket` findings.
+pub(super) fn refuses_connection_attempt(ev: &TcpEvent) -> bool {
+    ev.tcp_flags
+        .is_some_and(|f| f & tcp_flags::SYN != 0 && f & (tcp_flags::ACK | tcp_flags::RST) == 0)
 }
 
 /// An RST this host sent in reply to a segment.
