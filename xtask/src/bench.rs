@@ -26,11 +26,11 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 
 use self::bpf::{EmptySkb, RunTime, StatsEnabled};
-use self::host::{Machine, Tracefs, check_not_stopped};
+use self::host::{Machine, Tracefs};
 use self::load::Outcome;
 use self::procs::{Bpftrace, Daemon, DaemonStats, IdleHolders};
 use crate::build::{self, Profile};
-use crate::{cmd, setup};
+use crate::{cmd, interrupt, setup};
 
 /// Settings of one bench run; the defaults finish in under 5 minutes on 2 cores.
 #[derive(Args, Debug, Clone)]
@@ -101,7 +101,7 @@ pub fn run(settings: &Settings) -> Result<()> {
     }
     setup::run(setup::Report::Quiet)?;
     build::run(Profile::Release)?;
-    host::catch_signals()?;
+    interrupt::install()?;
     let tools = Tools {
         daemon: build::binary(Profile::Release),
         bpftrace: tool("bpftrace")?,
@@ -230,7 +230,7 @@ fn churn(settings: &Settings, tools: &Tools) -> Result<Churn> {
     load::churn(workers, Duration::from_secs(1)).context("warm-up churn")?;
     for round in 0..settings.rounds {
         for offset in 0..Mode::ALL.len() {
-            check_not_stopped()?;
+            interrupt::check()?;
             let mode = Mode::ALL[(offset + round as usize) % Mode::ALL.len()];
             let outcome = match mode {
                 Mode::None => load::churn(workers, settings.duration)?,
@@ -296,7 +296,7 @@ fn storm(settings: &Settings, tools: &Tools) -> Result<Storm> {
 }
 
 fn storm_run(settings: &Settings, tools: &Tools, nice: Option<i32>) -> Result<StormRun> {
-    check_not_stopped()?;
+    interrupt::check()?;
     let daemon = Daemon::start(&tools.daemon)?;
     let pid = daemon.pid();
     if let Some(nice) = nice {
@@ -347,7 +347,7 @@ pub const STREAM_EMPTY_FIRST: &str = "stream, empty program first";
 pub const STREAM_EMPTY_SECOND: &str = "stream, empty program second";
 
 fn programs(settings: &Settings, tools: &Tools) -> Result<Programs> {
-    check_not_stopped()?;
+    interrupt::check()?;
     println!(
         "==> workload 3: per-program run time (bpf_stats on), {:?} per workload",
         settings.program_duration
@@ -370,16 +370,16 @@ fn programs(settings: &Settings, tools: &Tools) -> Result<Programs> {
     // Attached again, the empty program now runs after the daemon's.
     drop(empty);
     let empty = EmptySkb::attach(&tools.cgroup)?;
-    check_not_stopped()?;
+    interrupt::check()?;
     let stream = load::Stream::open(workers)?;
     result
         .workloads
         .push(meter.measure(STREAM_EMPTY_SECOND, &empty, || Ok(stream.run(duration)))?);
-    check_not_stopped()?;
+    interrupt::check()?;
     result
         .workloads
         .push(meter.measure("churn", &empty, || load::churn(workers, duration))?);
-    check_not_stopped()?;
+    interrupt::check()?;
     result
         .workloads
         .push(meter.measure("storm", &empty, || load::reset_storm(workers, duration))?);
@@ -468,7 +468,7 @@ pub struct Idle {
 const IDLE_OPEN_LIMIT: Duration = Duration::from_secs(180);
 
 fn idle(settings: &Settings, tools: &Tools) -> Result<Idle> {
-    check_not_stopped()?;
+    interrupt::check()?;
     let count = settings.idle_connections as usize;
     println!("==> workload 4: {count} established idle connections");
     let daemon = Daemon::start(&tools.daemon)?;

@@ -8,7 +8,6 @@
 
 mod client;
 mod events;
-mod interrupt;
 mod observer;
 mod scenario;
 mod servers;
@@ -23,7 +22,7 @@ use clap::{Args, ValueEnum};
 use keepalive_lab::MiddleboxMode;
 
 use crate::build::{self, Profile};
-use crate::{cmd, setup};
+use crate::{cmd, interrupt, setup};
 
 /// Pauses of the default ladder, as fractions of the timeout: 1, 2, 4, 5.5, 7 and 12 s against
 /// the default 5 s, like the incident's 33 … 3605 s against 1800 s.

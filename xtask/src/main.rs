@@ -4,6 +4,7 @@
 mod bench;
 mod build;
 mod cmd;
+mod interrupt;
 mod lab;
 mod lint;
 mod run;

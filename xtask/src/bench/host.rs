@@ -1,60 +1,22 @@
 //! The machine: its description for the results, tracefs, the fd limit, per-process counters
-//! from /proc, and the stop flag that Ctrl-C sets so that every phase ends and cleans up.
+//! from /proc.
 
 use std::ffi::CString;
 use std::fs;
 use std::path::Path;
 use std::process::Command;
 use std::ptr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
-use crate::cmd;
-
-static STOP: AtomicBool = AtomicBool::new(false);
-
-/// Whether SIGINT or SIGTERM arrived: every loop of the bench checks this and winds down.
-pub fn stopping() -> bool {
-    STOP.load(Ordering::Relaxed)
-}
-
-/// Fails when the bench was interrupted, so that the phases after it do not start.
-pub fn check_not_stopped() -> Result<()> {
-    if stopping() {
-        bail!("interrupted");
-    }
-    Ok(())
-}
-
-/// Turns SIGINT and SIGTERM into [`stopping`], so that the bench restores what it changed.
-pub fn catch_signals() -> Result<()> {
-    for signal in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: a zeroed sigaction is valid; the handler only stores to an atomic.
-        let installed = unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_signal as *const () as libc::sighandler_t;
-            action.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(signal, &action, ptr::null_mut())
-        };
-        if installed != 0 {
-            return Err(std::io::Error::last_os_error()).context("cannot install a signal handler");
-        }
-    }
-    Ok(())
-}
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::Relaxed);
-}
+use crate::{cmd, interrupt};
 
 /// Sleeps up to `duration`, in short steps, returning early when stopping.
 pub fn sleep(duration: Duration) {
     let step = Duration::from_millis(50);
     let mut left = duration;
-    while !left.is_zero() && !stopping() {
+    while !left.is_zero() && !interrupt::requested() {
         let now = left.min(step);
         std::thread::sleep(now);
         left -= now;
@@ -343,7 +305,7 @@ pub fn status_kib(pid: u32, key: &str) -> Result<u64> {
 pub fn wait_until_idle(pid: u32, quiet: Duration, limit: Duration) -> Result<()> {
     let start = std::time::Instant::now();
     let mut last = cpu_time(pid)?;
-    while start.elapsed() < limit && !stopping() {
+    while start.elapsed() < limit && !interrupt::requested() {
         sleep(quiet);
         let now = cpu_time(pid)?;
         if now == last {

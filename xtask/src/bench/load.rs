@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::host::{self, stopping};
+use super::host;
 use super::net::{self, SERVER};
+use crate::interrupt;
 
 /// Bytes of a request and of its reply.
 const MESSAGE: usize = 64;
@@ -135,7 +136,7 @@ pub fn churn(workers: usize, duration: Duration) -> Result<Outcome> {
         let clients: Vec<_> = (0..workers)
             .map(|_| {
                 scope.spawn(|| {
-                    while Instant::now() < deadline && !stopping() {
+                    while Instant::now() < deadline && !interrupt::requested() {
                         counters.count(churn_once(addr));
                     }
                 })
@@ -214,7 +215,7 @@ impl Stream {
                     let counters = &counters;
                     scope.spawn(move || {
                         let mut buffer = [b'p'; MESSAGE];
-                        while Instant::now() < deadline && !stopping() {
+                        while Instant::now() < deadline && !interrupt::requested() {
                             let round_trip = client
                                 .write_all(&buffer)
                                 .and_then(|()| client.read_exact(&mut buffer));
@@ -259,14 +260,14 @@ pub fn reset_storm(workers: usize, duration: Duration) -> Result<Outcome> {
         let mut clients = Vec::new();
         for _ in 0..aborters {
             clients.push(scope.spawn(|| {
-                while Instant::now() < deadline && !stopping() {
+                while Instant::now() < deadline && !interrupt::requested() {
                     counters.count(abort_once(open));
                 }
             }));
         }
         for _ in 0..refusers {
             clients.push(scope.spawn(|| {
-                while Instant::now() < deadline && !stopping() {
+                while Instant::now() < deadline && !interrupt::requested() {
                     counters.count(refused_once(closed));
                 }
             }));
@@ -318,7 +319,7 @@ impl IdleConnections {
                 stop.store(true, Ordering::Relaxed);
             }
             // Otherwise the acceptor stops by itself at `count`, or at the deadline.
-            while !acceptor.is_finished() && Instant::now() < deadline && !stopping() {
+            while !acceptor.is_finished() && Instant::now() < deadline && !interrupt::requested() {
                 thread::sleep(net::ACCEPT_TIMEOUT);
             }
             stop.store(true, Ordering::Relaxed);
@@ -349,7 +350,7 @@ fn connect_all(
 ) -> Result<Vec<TcpStream>> {
     let mut clients = Vec::with_capacity(count);
     for i in 0..count {
-        if stopping() {
+        if interrupt::requested() {
             bail!("interrupted");
         }
         if Instant::now() > deadline {

@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use super::host::{Tracefs, stopping};
+use super::host::Tracefs;
 use super::load;
+use crate::interrupt;
 
 /// Lines of a child's stderr kept for error messages.
 const STDERR_TAIL: usize = 20;
@@ -145,7 +146,7 @@ impl Process {
     fn wait_for(&mut self, wanted: impl Fn(&str) -> bool, timeout: Duration) -> Result<String> {
         let deadline = Instant::now() + timeout;
         loop {
-            if stopping() {
+            if interrupt::requested() {
                 bail!("interrupted while waiting for {}", self.name);
             }
             let left = deadline.saturating_duration_since(Instant::now());

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use super::client;
-use super::interrupt;
 use super::observer::{self, Finding};
+use crate::interrupt;
 
 /// How often a wait looks at the interrupt flag.
 const POLL: Duration = Duration::from_millis(100);

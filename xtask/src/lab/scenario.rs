@@ -17,7 +17,8 @@ use super::events::{Events, Msg, Source};
 use super::observer::{Finding, Observer, STATS_INTERVAL, tail};
 use super::servers::{self, Servers};
 use super::summary::{self, Phase, Summary};
-use super::{Fix, LabArgs, PhaseSpec, interrupt};
+use super::{Fix, LabArgs, PhaseSpec};
+use crate::interrupt;
 
 const PORT: u16 = 80;
 const SERVERS: usize = 4;

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use keepalive_lab::{ChildGuard, Host};
 
-use super::interrupt;
 use super::observer::tail;
+use crate::interrupt;
 
 pub const NGINX: &str = "/usr/sbin/nginx";
 const TEMPLATE: &str = include_str!("../../assets/lab/nginx.conf");

@@ -1,8 +1,9 @@
-//! Ctrl-C and SIGTERM: the handler only raises a flag; every wait of the lab checks it and
-//! returns [`Interrupted`], so the lab unwinds and tears everything down in order.
+//! Ctrl-C and SIGTERM for the long-running tasks (lab, bench): the handler only raises a flag;
+//! every wait checks it ([`check`], [`requested`]) and returns [`Interrupted`], so the task
+//! unwinds and tears down or restores what it changed, in order.
 //!
-//! The lab's children run in process groups of their own (`ChildGuard`), so a Ctrl-C from the
-//! terminal reaches xtask alone, and xtask stops them.
+//! Their children run in process groups of their own, so a Ctrl-C from the terminal reaches
+//! xtask alone, and xtask stops them.
 
 use std::fmt;
 use std::ptr;
@@ -48,9 +49,14 @@ extern "C" fn on_signal(_: libc::c_int) {
     REQUESTED.store(true, Ordering::SeqCst);
 }
 
+/// Whether SIGINT or SIGTERM arrived.
+pub fn requested() -> bool {
+    REQUESTED.load(Ordering::SeqCst)
+}
+
 /// Fails with [`Interrupted`] once a signal arrived.
 pub fn check() -> Result<()> {
-    if REQUESTED.load(Ordering::SeqCst) {
+    if requested() {
         Err(Interrupted.into())
     } else {
         Ok(())
