@@ -1,6 +1,6 @@
-//! The keepalive-observer lab: network namespaces for privileged tests and `cargo xtask lab`.
+//! The keepalive-observer lab: network namespaces for privileged tests, and `cargo xtask lab`.
 //!
-//! - [`Topology`]: client ⇄ middlebox ⇄ server(s) as in DESIGN §6, addresses from
+//! - [`Topology`]: client ⇄ middlebox ⇄ server(s), addresses from
 //!   198.51.100.0/24 (and fd6b:a1::/48) only, a middlebox that forgets idle flows and then
 //!   rejects ([`MiddleboxMode::Reject`]) or drops ([`MiddleboxMode::Drop`]) them, and an
 //!   optional VIP DNATed round-robin to the servers.
@@ -10,6 +10,9 @@
 //!   [`Netns::command`] with [`ChildGuard`] runs processes there, killed by PID on drop.
 //! - Socket helpers ([`set_keepalive`], [`set_linger_abort`], [`set_user_timeout`],
 //!   [`abortive_close`]) and an [`EchoServer`].
+//! - [`incident`]: the scenario of `cargo xtask lab` (binary `keepalive-lab`), the README's
+//!   "connection reset behind a VIP" reproduced, explained by the observer and fixed.
+//! - [`interrupt`]: Ctrl-C and SIGTERM as a flag that long waits check, for the lab and the bench.
 //!
 //! Everything needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) and the tools `ip`, `nft` and
 //! `conntrack` ([`check_tools`] says which Debian package provides a missing one). Namespaces
@@ -38,6 +41,8 @@
 mod cmd;
 mod echo;
 mod error;
+pub mod incident;
+pub mod interrupt;
 mod netns;
 mod process;
 mod socket;
@@ -53,3 +58,9 @@ pub use topology::{
     Host, LAB_NET_V4, LAB_NET_V6, MAX_SERVERS, Middlebox, MiddleboxMode, Topology, TopologyBuilder,
     VIP_V4, VIP_V6,
 };
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}

@@ -30,7 +30,8 @@ use self::host::{Machine, Tracefs};
 use self::load::Outcome;
 use self::procs::{Bpftrace, Daemon, DaemonStats, IdleHolders};
 use crate::build::{self, Profile};
-use crate::{cmd, interrupt, setup};
+use crate::{cmd, setup};
+use keepalive_lab::interrupt;
 
 /// Settings of one bench run; the defaults finish in under 5 minutes on 2 cores.
 #[derive(Args, Debug, Clone)]

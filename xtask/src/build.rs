@@ -1,4 +1,5 @@
-//! `cargo xtask build`: builds the daemon; its build script compiles the eBPF programs.
+//! `cargo xtask build`: builds the daemon; its build script compiles the eBPF programs. Also
+//! builds the lab's and the bench's binaries for `cargo xtask lab` and `cargo xtask bench`.
 
 use std::env;
 use std::path::PathBuf;
@@ -35,8 +36,18 @@ impl Profile {
 }
 
 pub fn run(profile: Profile) -> Result<()> {
+    build(profile, PACKAGE)
+}
+
+/// Builds `package`, whose binary has the package's name, and returns that binary's path.
+pub fn package(profile: Profile, package: &str) -> Result<PathBuf> {
+    build(profile, package)?;
+    Ok(target_dir().join(profile.dir_name()).join(package))
+}
+
+fn build(profile: Profile, package: &str) -> Result<()> {
     let mut build = cmd::cargo(HOST_TOOLCHAIN)?;
-    build.args(["build", "-p", PACKAGE]);
+    build.args(["build", "-p", package]);
     if let Profile::Release = profile {
         build.arg("--release");
     }

@@ -4,7 +4,6 @@
 mod bench;
 mod build;
 mod cmd;
-mod interrupt;
 mod lab;
 mod lint;
 mod run;
@@ -12,6 +11,7 @@ mod setup;
 mod test;
 mod vm_test;
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -63,7 +63,12 @@ enum Command {
     BenchHold(bench::HoldArgs),
     /// Reproduce the "Connection reset behind a VIP" incident in network namespaces, watch the
     /// observer explain it, apply its advice and watch the resets go away (root).
-    Lab(lab::LabArgs),
+    #[command(disable_help_flag = true)]
+    Lab {
+        /// Options of the lab (`cargo xtask lab --help` lists them).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -92,7 +97,7 @@ fn task(command: Command) -> anyhow::Result<ExitCode> {
         Command::VmTest { kernel, hooks } => vm_test::run(kernel, &hooks)?,
         Command::Bench(settings) => bench::run(&settings)?,
         Command::BenchHold(args) => bench::hold(&args)?,
-        Command::Lab(args) => return lab::run(&args),
+        Command::Lab { args } => return lab::run(&args),
     }
     Ok(ExitCode::SUCCESS)
 }

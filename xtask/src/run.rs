@@ -1,4 +1,5 @@
-//! `cargo xtask run`: builds the daemon and runs it as root, through sudo when needed.
+//! `cargo xtask run`: builds the daemon and runs it as root, through sudo when needed; and
+//! running a child in the foreground for `run`, `lab` and `bench`.
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, ExitCode, ExitStatus};
@@ -31,21 +32,29 @@ pub fn run(profile: Profile, args: &[String]) -> Result<ExitCode> {
         );
     };
     daemon.args(args);
+    foreground(&mut daemon)
+}
 
-    println!("$ {}", cmd::describe(&daemon));
-    let mut child = daemon
+/// Prints and runs `command` in xtask's process group, waits for it and exits with its status;
+/// SIGINT and SIGTERM wait for it too.
+pub fn foreground(command: &mut Command) -> Result<ExitCode> {
+    let line = cmd::describe(command);
+    println!("$ {line}");
+    let mut child = command
         .spawn()
-        .with_context(|| format!("cannot start {}", binary.display()))?;
+        .with_context(|| format!("cannot start `{line}`"))?;
     forward_signals(child.id())?;
-    let status = child.wait().context("cannot wait for keepalive-observer")?;
+    let status = child
+        .wait()
+        .with_context(|| format!("cannot wait for `{line}`"))?;
     Ok(exit_code(status))
 }
 
-/// The daemon's pid, for the signal handler.
+/// The child's pid, for the signal handler.
 static CHILD: AtomicI32 = AtomicI32::new(0);
 
-/// Keeps xtask alive on SIGINT/SIGTERM so that it waits for the daemon and returns its status.
-/// A Ctrl-C from the terminal already reaches the daemon (same process group); a signal that a
+/// Keeps xtask alive on SIGINT/SIGTERM so that it waits for the child and returns its status.
+/// A Ctrl-C from the terminal already reaches the child (same process group); a signal that a
 /// process sent to xtask alone is passed on to it.
 fn forward_signals(child: u32) -> Result<()> {
     let pid = i32::try_from(child).context("child pid out of range")?;
@@ -67,7 +76,7 @@ fn forward_signals(child: u32) -> Result<()> {
 }
 
 extern "C" fn forward(signal: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    // si_code > 0 means the kernel sent it (the terminal's Ctrl-C), which the daemon got too;
+    // si_code > 0 means the kernel sent it (the terminal's Ctrl-C), which the child got too;
     // SI_USER, SI_QUEUE and SI_TKILL (<= 0) mean kill() aimed at xtask.
     // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler.
     let sent_by_process = unsafe { (*info).si_code } <= 0;
@@ -78,7 +87,7 @@ extern "C" fn forward(signal: libc::c_int, info: *mut libc::siginfo_t, _: *mut l
     }
 }
 
-/// The daemon's exit status as xtask's: its code, or 128 + signal like a shell.
+/// The child's exit status as xtask's: its code, or 128 + signal like a shell.
 fn exit_code(status: ExitStatus) -> ExitCode {
     match (status.code(), status.signal()) {
         (Some(code), _) => ExitCode::from(u8::try_from(code).unwrap_or(1)),

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::{cmd, interrupt};
+use crate::cmd;
+use keepalive_lab::interrupt;
 
 /// Sleeps up to `duration`, in short steps, returning early when stopping.
 pub fn sleep(duration: Duration) {

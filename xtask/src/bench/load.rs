@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 
 use super::host;
 use super::net::{self, SERVER};
-use crate::interrupt;
+use keepalive_lab::interrupt;
 
 /// Bytes of a request and of its reply.
 const MESSAGE: usize = 64;

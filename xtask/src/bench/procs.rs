@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use super::host::Tracefs;
 use super::load;
-use crate::interrupt;
+use keepalive_lab::interrupt;
 
 /// Lines of a child's stderr kept for error messages.
 const STDERR_TAIL: usize = 20;

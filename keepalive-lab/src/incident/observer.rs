@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::ChildGuard;
 use anyhow::{Context, Result, bail};
-use keepalive_lab::ChildGuard;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -82,7 +82,7 @@ impl Observer {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log);
-        println!("$ {}", crate::cmd::describe(&command));
+        println!("$ {}", crate::cmd::describe(&command, None));
         let mut guard = ChildGuard::spawn(&mut command)?;
         let stdout = guard
             .take_stdout()

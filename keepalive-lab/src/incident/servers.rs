@@ -8,14 +8,14 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::{ChildGuard, Host};
 use anyhow::{Context, Result, bail};
-use keepalive_lab::{ChildGuard, Host};
 
 use super::observer::tail;
 use crate::interrupt;
 
 pub const NGINX: &str = "/usr/sbin/nginx";
-const TEMPLATE: &str = include_str!("../../assets/lab/nginx.conf");
+const TEMPLATE: &str = include_str!("../../assets/nginx.conf");
 /// nginx starts in milliseconds; this bounds a slow machine.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(10);

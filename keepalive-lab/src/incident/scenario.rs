@@ -9,8 +9,8 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::{Middlebox, MiddleboxMode, Topology, VIP_V4, cleanup_stale, in_netns};
 use anyhow::{Context, Result, bail};
-use keepalive_lab::{Middlebox, MiddleboxMode, Topology, VIP_V4, cleanup_stale, in_netns};
 
 use super::client::{self, Applied, Client, Line, Request};
 use super::events::{Events, Msg, Source};
@@ -154,7 +154,7 @@ impl Site {
         let servers = Servers::start(topology.servers(), PORT, &dir)?;
         let mut inodes = BTreeSet::new();
         for name in topology.netns_names() {
-            let path = Path::new(keepalive_lab::NETNS_DIR).join(name);
+            let path = Path::new(crate::NETNS_DIR).join(name);
             let inode = std::os::unix::fs::MetadataExt::ino(
                 &fs::metadata(&path).with_context(|| format!("cannot stat {}", path.display()))?,
             );

@@ -1,4 +1,4 @@
-//! The client: `assets/lab/client.py`, urllib3's connection pool run by Debian's Python inside
+//! The client: `assets/client.py`, urllib3's connection pool run by Debian's Python inside
 //! the client's namespace, one JSON object per line on stdout.
 
 use std::fs::File;
@@ -8,8 +8,8 @@ use std::process::{ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::{ChildGuard, Netns};
 use anyhow::{Context, Result, bail};
-use keepalive_lab::{ChildGuard, Netns};
 use serde::{Deserialize, Serialize};
 
 use super::events::{Events, Msg, Source};
@@ -26,7 +26,7 @@ const EXIT_POLL: Duration = Duration::from_millis(10);
 
 /// The script, in the repository, so that a reader can open what runs.
 pub fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/lab/client.py")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/client.py")
 }
 
 /// What the client prints.
@@ -165,7 +165,7 @@ impl Client {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log);
-        println!("  $ {}", crate::cmd::describe(&command));
+        println!("  $ {}", crate::cmd::describe(&command, None));
         let mut guard = ChildGuard::spawn(&mut command)?;
         let stdout = guard
             .take_stdout()

@@ -3,7 +3,7 @@
 //! unwinds and tears down or restores what it changed, in order.
 //!
 //! Their children run in process groups of their own, so a Ctrl-C from the terminal reaches
-//! xtask alone, and xtask stops them.
+//! the task alone (and `cargo xtask`, which waits for it), and the task stops them.
 
 use std::fmt;
 use std::ptr;
