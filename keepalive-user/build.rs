@@ -1,15 +1,21 @@
 use anyhow::{Context as _, anyhow};
 use aya_build::Toolchain;
 
-/// The eBPF nightly is pinned to the LLVM major that bpf-linker 0.13 is built against (22);
-/// newer nightlies produce bitcode bpf-linker rejects. `cargo xtask setup` installs it.
-const EBPF_TOOLCHAIN: &str = "nightly-2026-06-20";
-
 fn main() -> anyhow::Result<()> {
-    let cargo_metadata::Metadata { packages, .. } = cargo_metadata::MetadataCommand::new()
+    let cargo_metadata::Metadata {
+        packages,
+        workspace_metadata,
+        workspace_root,
+        ..
+    } = cargo_metadata::MetadataCommand::new()
         .no_deps()
         .exec()
         .context("MetadataCommand::exec")?;
+    // The eBPF nightly is pinned in the root Cargo.toml, which `cargo xtask setup` reads too.
+    println!("cargo:rerun-if-changed={}", workspace_root.join("Cargo.toml"));
+    let ebpf_toolchain = workspace_metadata["toolchains"]["ebpf"]
+        .as_str()
+        .ok_or_else(|| anyhow!("the root Cargo.toml has no [workspace.metadata.toolchains] ebpf"))?;
     let ebpf_package = packages
         .into_iter()
         .find(|cargo_metadata::Package { name, .. }| name.as_str() == "keepalive-ebpf")
@@ -23,5 +29,5 @@ fn main() -> anyhow::Result<()> {
         root_dir: root_dir.as_str(),
         ..Default::default()
     };
-    aya_build::build_ebpf([package], Toolchain::Custom(EBPF_TOOLCHAIN))
+    aya_build::build_ebpf([package], Toolchain::Custom(ebpf_toolchain))
 }

@@ -93,6 +93,12 @@ where
     run_command(&mut command, stdin)
 }
 
+/// Runs `command` quietly and returns its standard output; fails with its exit status and
+/// standard error.
+pub fn output(command: &mut Command) -> Result<String, LabError> {
+    run_command(command, None)
+}
+
 /// Runs `command` to completion with piped standard streams, feeding it `stdin` when given,
 /// and returns its standard output.
 pub(crate) fn run_command(command: &mut Command, stdin: Option<&str>) -> Result<String, LabError> {

@@ -13,11 +13,10 @@ mod scenario;
 mod servers;
 pub mod summary;
 
-use std::env;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Parser, ValueEnum};
 
 use crate::{MiddleboxMode, interrupt, is_root};
@@ -31,9 +30,6 @@ const SHORTEST_LEARNED_PAUSE_S: f64 = 1.0;
 const TIMEOUT_MARGIN_S: f64 = 0.25;
 const MAX_PAUSE_S: f64 = 3600.0;
 const MAX_PAUSES: usize = 20;
-
-/// The observer binary the lab runs, in the target directory's `release` or `debug` directory.
-const OBSERVER: &str = "keepalive-observer";
 
 /// Reproduce the "Connection reset behind a VIP" incident in network namespaces, watch the
 /// observer explain it, apply its advice and watch the resets go away (root).
@@ -148,22 +144,10 @@ pub fn preflight(args: &LabArgs) -> Result<Vec<f64>> {
     ladder(args.timeout, args.ladder.as_deref())
 }
 
-/// The observer binary that `--debug` selects: built by `cargo xtask lab` into the same target
-/// directory as this binary.
-pub fn observer_binary(debug: bool) -> Result<PathBuf> {
-    let exe = env::current_exe().context("cannot find the keepalive-lab binary")?;
-    let target = exe
-        .parent()
-        .and_then(Path::parent)
-        .with_context(|| format!("{} is not in a target directory", exe.display()))?;
-    let profile = if debug { "debug" } else { "release" };
-    Ok(target.join(profile).join(OBSERVER))
-}
-
 /// Runs the lab; exits 130 when interrupted, after tearing everything down.
 pub fn run(args: &LabArgs) -> Result<ExitCode> {
     let ladder = preflight(args)?;
-    let observer = observer_binary(args.debug)?;
+    let observer = crate::daemon::built(args.debug)?;
     match scenario::run(args, &ladder, &observer) {
         Ok(summary) => {
             if let Some(path) = &args.summary_json {

@@ -13,6 +13,7 @@
 //! - [`incident`]: the scenario of `cargo xtask lab` (binary `keepalive-lab`), the README's
 //!   "connection reset behind a VIP" reproduced, explained by the observer and fixed.
 //! - [`interrupt`]: Ctrl-C and SIGTERM as a flag that long waits check, for the lab and the bench.
+//! - [`workspace`]: the repository root and its pinned toolchains, for xtask and the bench.
 //!
 //! Everything needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) and the tools `ip`, `nft` and
 //! `conntrack` ([`check_tools`] says which Debian package provides a missing one). Namespaces
@@ -39,6 +40,7 @@
 //! ```
 
 mod cmd;
+pub mod daemon;
 mod echo;
 mod error;
 pub mod incident;
@@ -46,21 +48,18 @@ pub mod interrupt;
 mod netns;
 mod process;
 mod socket;
+mod system;
 mod topology;
+pub mod workspace;
 
-pub use cmd::{Tool, check_tools};
+pub use cmd::{Tool, check_tools, output};
 pub use echo::EchoServer;
 pub use error::LabError;
 pub use netns::{NAME_PREFIX, NETNS_DIR, Netns, cleanup_stale, current_netns_inode, in_netns};
 pub use process::ChildGuard;
 pub use socket::{Keepalive, abortive_close, set_keepalive, set_linger_abort, set_user_timeout};
+pub use system::{cgroup2_mount, is_root};
 pub use topology::{
     Host, LAB_NET_V4, LAB_NET_V6, MAX_SERVERS, Middlebox, MiddleboxMode, Topology, TopologyBuilder,
     VIP_V4, VIP_V6,
 };
-
-/// Whether this process runs as root.
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use crate::cmd;
-use crate::setup::HOST_TOOLCHAIN;
+use keepalive_lab::workspace::host_toolchain;
 
 const PACKAGE: &str = "keepalive-user";
 const BINARY: &str = "keepalive-observer";
@@ -46,7 +46,7 @@ pub fn package(profile: Profile, package: &str) -> Result<PathBuf> {
 }
 
 fn build(profile: Profile, package: &str) -> Result<()> {
-    let mut build = cmd::cargo(HOST_TOOLCHAIN)?;
+    let mut build = cmd::cargo(host_toolchain())?;
     build.args(["build", "-p", package]);
     if let Profile::Release = profile {
         build.arg("--release");
@@ -62,7 +62,7 @@ pub fn binary(profile: Profile) -> PathBuf {
 /// cargo's target directory: `CARGO_TARGET_DIR` (or `CARGO_BUILD_TARGET_DIR`) when set, relative
 /// paths taken from the workspace root where cargo runs, else `target/` in the workspace root.
 pub fn target_dir() -> PathBuf {
-    let root = cmd::workspace_root();
+    let root = keepalive_lab::workspace::root();
     env::var_os("CARGO_TARGET_DIR")
         .or_else(|| env::var_os("CARGO_BUILD_TARGET_DIR"))
         .map_or_else(|| root.join("target"), |dir| root.join(dir))

@@ -7,15 +7,6 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-/// The workspace root (the parent of this crate's directory).
-pub fn workspace_root() -> PathBuf {
-    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    manifest_dir
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or(manifest_dir)
-}
-
 /// Where `cargo install` puts binaries: `$CARGO_HOME/bin`, by default `~/.cargo/bin`.
 pub fn cargo_bin_dir() -> Result<PathBuf> {
     if let Some(home) = env::var_os("CARGO_HOME") {
@@ -32,11 +23,6 @@ pub fn path_with(dirs: &[PathBuf]) -> Result<OsString> {
     env::join_paths(paths).context("cannot build PATH")
 }
 
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// `cargo +toolchain`, run from the workspace root with `~/.cargo/bin` (bpf-linker) first on
 /// `PATH`. The variables that rustup and `cargo run` set for xtask itself are removed, so that
 /// nothing below falls back to the toolchain xtask was built with.
@@ -44,7 +30,7 @@ pub fn cargo(toolchain: &str) -> Result<Command> {
     let mut command = Command::new("cargo");
     command
         .arg(format!("+{toolchain}"))
-        .current_dir(workspace_root())
+        .current_dir(keepalive_lab::workspace::root())
         .env("PATH", path_with(&[cargo_bin_dir()?])?)
         .env_remove("RUSTUP_TOOLCHAIN")
         .env_remove("RUSTUP_TOOLCHAIN_SOURCE")

@@ -3,19 +3,19 @@
 use anyhow::Result;
 
 use crate::cmd;
-use crate::setup::{BPF_TOOLCHAIN, HOST_TOOLCHAIN};
+use keepalive_lab::workspace::{ebpf_toolchain, host_toolchain};
 
 pub fn run() -> Result<()> {
-    cmd::run(cmd::cargo(HOST_TOOLCHAIN)?.args(["fmt", "--all", "--check"]))?;
+    cmd::run(cmd::cargo(host_toolchain())?.args(["fmt", "--all", "--check"]))?;
     // The workspace's default members: every crate but the eBPF one.
-    cmd::run(cmd::cargo(HOST_TOOLCHAIN)?.args([
+    cmd::run(cmd::cargo(host_toolchain())?.args([
         "clippy",
         "--all-targets",
         "--",
         "-D",
         "warnings",
     ]))?;
-    cmd::run(cmd::cargo(BPF_TOOLCHAIN)?.args([
+    cmd::run(cmd::cargo(ebpf_toolchain())?.args([
         "clippy",
         "-p",
         "keepalive-ebpf",

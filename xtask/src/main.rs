@@ -57,10 +57,12 @@ enum Command {
         hooks: String,
     },
     /// Measure overhead and throughput on loopback, with and without observers (root).
-    Bench(bench::Settings),
-    /// Internal to `bench`: holds idle loopback connections in a helper process.
-    #[command(hide = true)]
-    BenchHold(bench::HoldArgs),
+    #[command(disable_help_flag = true)]
+    Bench {
+        /// Options of the bench (`cargo xtask bench --help` lists them).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
     /// Reproduce the "Connection reset behind a VIP" incident in network namespaces, watch the
     /// observer explain it, apply its advice and watch the resets go away (root).
     #[command(disable_help_flag = true)]
@@ -95,8 +97,7 @@ fn task(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Test => test::run()?,
         Command::VmTest { kernel, hooks } => vm_test::run(kernel, &hooks)?,
-        Command::Bench(settings) => bench::run(&settings)?,
-        Command::BenchHold(args) => bench::hold(&args)?,
+        Command::Bench { args } => return bench::run(&args),
         Command::Lab { args } => return lab::run(&args),
     }
     Ok(ExitCode::SUCCESS)

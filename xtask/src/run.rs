@@ -16,7 +16,7 @@ pub fn run(profile: Profile, args: &[String]) -> Result<ExitCode> {
     build::run(profile)?;
 
     let binary = build::binary(profile);
-    let mut daemon = if cmd::is_root() {
+    let mut daemon = if keepalive_lab::is_root() {
         Command::new(&binary)
     } else if let Ok(sudo) = which::which("sudo") {
         println!("not root: running keepalive-observer through sudo");

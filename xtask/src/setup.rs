@@ -6,13 +6,11 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+use keepalive_lab::workspace::{ebpf_toolchain, host_toolchain};
+
 use crate::cmd;
 
-/// Toolchain for the host crates (aya 0.16 needs rustc >= 1.98).
-pub const HOST_TOOLCHAIN: &str = "1.99.1";
 const HOST_COMPONENTS: &[&str] = &["clippy", "rustfmt"];
-/// Toolchain for the eBPF crate: its LLVM major (22) must match bpf-linker's.
-pub const BPF_TOOLCHAIN: &str = "nightly-2026-06-20";
 const BPF_COMPONENTS: &[&str] = &["rust-src", "rustfmt", "clippy"];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -77,8 +75,8 @@ pub fn run(report: Report) -> Result<()> {
     report.step("system packages");
     install_packages(report)?;
     report.step("rust toolchains");
-    install_toolchain(report, HOST_TOOLCHAIN, HOST_COMPONENTS)?;
-    install_toolchain(report, BPF_TOOLCHAIN, BPF_COMPONENTS)?;
+    install_toolchain(report, host_toolchain(), HOST_COMPONENTS)?;
+    install_toolchain(report, ebpf_toolchain(), BPF_COMPONENTS)?;
     report.step("bpf-linker");
     install_bpf_linker(report)?;
     report.step("setup complete");
@@ -116,7 +114,7 @@ fn check_kernel(report: Report) {
     }
 
     match fs::read_to_string("/proc/self/mounts") {
-        Ok(mounts) => match cgroup2_mount(&mounts) {
+        Ok(mounts) => match keepalive_lab::cgroup2_mount(&mounts) {
             Some(path) => report.present(&format!("cgroup v2 mounted at {path}")),
             None => warn(
                 "no cgroup v2 mount: the TTL of SYN/SYN-ACK/RST segments will not be observed \
@@ -126,7 +124,7 @@ fn check_kernel(report: Report) {
         Err(err) => warn(&format!("cannot read /proc/self/mounts: {err}")),
     }
 
-    if !cmd::is_root() {
+    if !keepalive_lab::is_root() {
         report.note(
             "not running as root: the daemon needs root (or CAP_BPF, CAP_PERFMON and \
              CAP_NET_ADMIN); `cargo xtask run` uses sudo",
@@ -172,7 +170,7 @@ fn install_packages(report: Report) -> Result<()> {
             .map_or("the journald test (systemd-journald)", |(_, why)| why);
         println!("  {name}: for {why}");
     }
-    if !cmd::is_root() {
+    if !keepalive_lab::is_root() {
         bail!(
             "installing system packages needs root: run `cargo xtask setup` as root, or install \
              them by hand: `sudo apt-get install -y {list}`"
@@ -317,7 +315,7 @@ fn install_bpf_linker(report: Report) -> Result<()> {
             llvm_bin.join("llvm-config").display()
         );
     }
-    let mut install = cmd::cargo(HOST_TOOLCHAIN)?;
+    let mut install = cmd::cargo(host_toolchain())?;
     install
         .args([
             "install",
@@ -347,15 +345,6 @@ fn kernel_version(release: &str) -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
-/// Mount point of the first cgroup v2 file system in a `/proc/self/mounts` listing.
-pub fn cgroup2_mount(mounts: &str) -> Option<&str> {
-    mounts.lines().find_map(|line| {
-        let mut fields = line.split_whitespace();
-        let path = fields.nth(1)?;
-        (fields.next()? == "cgroup2").then_some(path)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,14 +357,6 @@ mod tests {
         assert_eq!(kernel_version("6.12.0+"), Some((6, 12)));
         assert_eq!(kernel_version("linux"), None);
         assert!(kernel_version("6.9.1").unwrap() < RESET_REASON_KERNEL);
-    }
-
-    #[test]
-    fn finds_the_cgroup2_mount() {
-        let mounts = "cgroup /sys/fs/cgroup/cpu cgroup rw,relatime,cpu 0 0\n\
-                      cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0\n";
-        assert_eq!(cgroup2_mount(mounts), Some("/sys/fs/cgroup/unified"));
-        assert_eq!(cgroup2_mount("proc /proc proc rw 0 0\n"), None);
     }
 
     #[test]

@@ -5,8 +5,9 @@ use std::env;
 
 use anyhow::{Result, bail};
 
-use crate::setup::{self, HOST_TOOLCHAIN};
+use crate::setup;
 use crate::{cmd, lab, lint, vm_test};
+use keepalive_lab::workspace::host_toolchain;
 
 /// Set for the tests when root: a privileged test that would skip itself fails instead.
 const REQUIRE_PRIVILEGED: &str = "KEEPALIVE_REQUIRE_PRIVILEGED";
@@ -15,12 +16,12 @@ pub fn run() -> Result<()> {
     setup::run(setup::Report::Quiet)?;
     lint::run()?;
 
-    let root = cmd::is_root();
+    let root = keepalive_lab::is_root();
     // Plain `cargo test`: libraries, binaries, integration tests, examples and doctests in one
     // build (benches are compiled by the lint step). A separate `--doc` run would resolve host
     // features differently and rebuild the eBPF programs.
     // --no-fail-fast: one failing test binary must not hide the results of the others.
-    let mut tests = cmd::cargo(HOST_TOOLCHAIN)?;
+    let mut tests = cmd::cargo(host_toolchain())?;
     tests.args(["test", "--no-fail-fast"]);
     if root {
         tests.env(REQUIRE_PRIVILEGED, "1");

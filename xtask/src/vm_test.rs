@@ -18,7 +18,8 @@ use self::initramfs::Initramfs;
 use self::kernel::Apt;
 use crate::build;
 use crate::cmd;
-use crate::setup::{self, HOST_TOOLCHAIN};
+use crate::setup;
+use keepalive_lab::workspace::host_toolchain;
 
 /// The guest's /init; `@HOOKS@` becomes the hook choices.
 const INIT: &str = include_str!("../assets/vm/init");
@@ -66,7 +67,7 @@ struct Passed {
 pub fn run(kernels: Kernels, hooks: &str) -> Result<()> {
     let started = Instant::now();
     setup::run(setup::Report::Quiet)?;
-    cmd::run(cmd::cargo(HOST_TOOLCHAIN)?.args([
+    cmd::run(cmd::cargo(host_toolchain())?.args([
         "build",
         "--release",
         "-p",

@@ -1,6 +1,6 @@
 //! Load generators, all on loopback and all bounded in time: connection churn, a request /
 //! response stream on open connections, a reset storm, and idle connections (one process's
-//! share of workload 4; [`super::procs::IdleHolders`] spreads them over processes).
+//! share of workload 4; [`crate::procs::IdleHolders`] spreads them over processes).
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::host;
-use super::net::{self, SERVER};
+use crate::host;
+use crate::net::{self, SERVER};
 use keepalive_lab::interrupt;
 
 /// Bytes of a request and of its reply.

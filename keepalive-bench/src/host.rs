@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::cmd;
 use keepalive_lab::interrupt;
+use keepalive_lab::{output, workspace};
 
 /// Sleeps up to `duration`, in short steps, returning early when stopping.
 pub fn sleep(duration: Duration) {
@@ -55,7 +55,7 @@ impl Machine {
         let meminfo = fs::read_to_string("/proc/meminfo").context("cannot read /proc/meminfo")?;
         let memory_kib = meminfo_kib(&meminfo, "MemTotal").unwrap_or(0);
         let first_line = |command: &mut Command| {
-            cmd::output(command)
+            output(command)
                 .map(|out| out.lines().next().unwrap_or_default().trim().to_owned())
                 .unwrap_or_else(|err| format!("unknown ({err:#})"))
         };
@@ -69,14 +69,14 @@ impl Machine {
                 first_line(
                     Command::new("git")
                         .args(["describe", "--always", "--dirty"])
-                        .current_dir(cmd::workspace_root()),
+                        .current_dir(workspace::root()),
                 ),
             ),
             (
                 "rustc (host crates)".to_owned(),
                 first_line(
                     Command::new("rustc")
-                        .arg(format!("+{}", crate::setup::HOST_TOOLCHAIN))
+                        .arg(format!("+{}", workspace::host_toolchain()))
                         .arg("--version"),
                 ),
             ),
@@ -84,7 +84,7 @@ impl Machine {
                 "rustc (eBPF crate)".to_owned(),
                 first_line(
                     Command::new("rustc")
-                        .arg(format!("+{}", crate::setup::BPF_TOOLCHAIN))
+                        .arg(format!("+{}", workspace::ebpf_toolchain()))
                         .arg("--version"),
                 ),
             ),

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use super::host::Tracefs;
-use super::load;
+use crate::host::Tracefs;
+use crate::load;
 use keepalive_lab::interrupt;
 
 /// Lines of a child's stderr kept for error messages.
@@ -425,7 +425,7 @@ fn count_line(line: &str) -> Option<u64> {
     count.trim().parse().ok()
 }
 
-/// Workload 4 spread over helper processes (`xtask bench-hold`), each holding both ends of its
+/// Workload 4 spread over helper processes (`keepalive-bench hold`), each holding both ends of its
 /// share from its own source address: one process may hold only RLIMIT_NOFILE descriptors.
 /// Dropping it kills the helpers, which closes every connection.
 pub struct IdleHolders {
@@ -438,7 +438,7 @@ pub struct IdleHolders {
 impl IdleHolders {
     pub fn open(total: usize, time_limit: Duration) -> Result<Self> {
         let per_process = load::connections_per_process(total)?;
-        let exe = std::env::current_exe().context("cannot find the xtask binary")?;
+        let exe = std::env::current_exe().context("cannot find the keepalive-bench binary")?;
         let start = Instant::now();
         let mut holders = Vec::new();
         let mut left = total;
@@ -447,11 +447,11 @@ impl IdleHolders {
             let source = load::source_address(holders.len())?;
             let mut command = Command::new(&exe);
             command
-                .arg("bench-hold")
+                .arg("hold")
                 .args(["--connections", &count.to_string()])
                 .args(["--source", &source.to_string()])
                 .args(["--time-limit", &time_limit.as_secs().to_string()]);
-            holders.push(Process::spawn("bench-hold", &mut command, None)?);
+            holders.push(Process::spawn("keepalive-bench hold", &mut command, None)?);
             left -= count;
         }
         let mut connections = 0;
@@ -460,7 +460,7 @@ impl IdleHolders {
             let line = holder.wait_for(|line| line.starts_with("ready "), left)?;
             connections += line["ready ".len()..]
                 .parse::<usize>()
-                .with_context(|| format!("bench-hold said {line:?}"))?;
+                .with_context(|| format!("keepalive-bench hold said {line:?}"))?;
         }
         Ok(Self {
             processes: holders.len(),

@@ -11,7 +11,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::cmd;
+use keepalive_lab::output;
 
 const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
@@ -136,7 +136,7 @@ pub fn map_memory(pid: u32) -> Result<BTreeMap<u32, u64>> {
 
 /// Names of loaded programs (`what` = "prog") or maps ("map") by id, from `bpftool -j`.
 pub fn names(bpftool: &Path, what: &str) -> Result<BTreeMap<u32, String>> {
-    let json = cmd::output(Command::new(bpftool).args([what, "show", "-j"]))?;
+    let json = output(Command::new(bpftool).args([what, "show", "-j"]))?;
     parse_names(&json).with_context(|| format!("cannot parse `bpftool {what} show -j`"))
 }
 
