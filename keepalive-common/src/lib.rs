@@ -7,8 +7,35 @@
 
 /// Name of the ring buffer map that carries [`Event`]s to userspace.
 pub const EVENTS_MAP: &str = "EVENTS";
-/// Name of the per-CPU array (one `u64` slot) counting events the ring buffer had no room for.
-pub const LOST_MAP: &str = "LOST_EVENTS";
+/// Name of the per-CPU array of `u64` counters indexed by [`counter`]: what the programs counted
+/// instead of sending.
+pub const COUNTERS_MAP: &str = "COUNTERS";
+/// Name of the socket-local storage map holding each connection's [`ConnContext`].
+pub const CONTEXT_STORAGE_MAP: &str = "CONN_CONTEXT";
+/// Name of the bounded hash map (socket cookie → [`ConnContext`]) used instead of socket storage
+/// where the hooks cannot use it ([`ProbeConfig::context_in_map`]).
+pub const CONTEXT_HASH_MAP: &str = "CONN_CONTEXT_BY_COOKIE";
+/// Entries of [`CONTEXT_HASH_MAP`]: the most connections whose context the fallback keeps.
+pub const CONTEXT_HASH_ENTRIES: u32 = 65_536;
+/// Entries of the map holding the TTL of SYNs received by listeners until the accepted socket
+/// takes it over (one handshake round trip).
+pub const HANDSHAKE_TTL_ENTRIES: u32 = 16_384;
+/// Version of the record layout ([`Event`] with its [`ConnContext`]); recordings carry it.
+pub const RECORD_VERSION: u32 = 2;
+
+/// Slots of [`COUNTERS_MAP`].
+pub mod counter {
+    /// Records the ring buffer had no room for.
+    pub const LOST: u32 = 0;
+    /// RSTs this host sent refusing a bare SYN (a closed port, a port scan, a SYN flood): no
+    /// connection died, so they are counted rather than sent.
+    pub const SYN_REFUSALS: u32 = 1;
+    /// Connections whose context could not be created (socket storage or the fallback map
+    /// refused an entry): their records carry no context.
+    pub const CONTEXT_FAILURES: u32 = 2;
+    /// Number of slots.
+    pub const SLOTS: u32 = 3;
+}
 /// Name of the global holding the [`ProbeConfig`].
 pub const CONFIG_GLOBAL: &str = "CONFIG";
 /// Size of the ring buffer in bytes (a power of two, a multiple of the page size).
@@ -27,14 +54,10 @@ pub enum EventKind {
     KeepaliveTimer = 3,
     /// An error was reported on a socket (`sk_err` set, e.g. ECONNRESET, ETIMEDOUT).
     SocketError = 4,
-    /// A TCP state transition.
-    StateChange = 5,
-    /// A send on a connection that had received nothing for at least the idle floor.
-    IdleSend = 6,
-    /// The first successful receive after an [`EventKind::IdleSend`]: the path survived the gap.
+    /// The first receive after a send that followed an idle gap of at least the idle floor: the
+    /// path survived the gap ([`ConnContext::idle_send_ns`] and
+    /// [`ConnContext::idle_send_gap`] say which).
     ReplyAfterIdle = 7,
-    /// TTL / hop limit of an incoming SYN, SYN-ACK or RST segment.
-    SegmentTtl = 8,
 }
 
 impl EventKind {
@@ -45,10 +68,7 @@ impl EventKind {
             2 => Self::ResetReceived,
             3 => Self::KeepaliveTimer,
             4 => Self::SocketError,
-            5 => Self::StateChange,
-            6 => Self::IdleSend,
             7 => Self::ReplyAfterIdle,
-            8 => Self::SegmentTtl,
             _ => return None,
         })
     }
@@ -73,6 +93,21 @@ pub mod flags {
     /// [`EventKind::ResetSent`](super::EventKind::ResetSent): keepalive was on and its probes
     /// were used up (`icsk_probes_out` at or above the socket's or the namespace's count).
     pub const PROBES_EXHAUSTED: u8 = 1 << 6;
+    /// [`Event::context`](super::Event::context) holds the connection's context.
+    pub const HAS_CONTEXT: u8 = 1 << 7;
+}
+
+/// Bits of [`ConnContext::flags`].
+pub mod context_flags {
+    /// Accepted from a listener (the remote is a client).
+    pub const ACCEPTED: u8 = 1 << 0;
+    /// Connected by this host (`connect()`).
+    pub const CONNECTED: u8 = 1 << 1;
+    /// The peer's FIN arrived while the connection was ESTABLISHED (it closed first).
+    pub const PEER_FIN_FIRST: u8 = 1 << 2;
+    /// The context was created at the handshake, not on first sight of a connection that
+    /// existed before the observer started.
+    pub const FROM_HANDSHAKE: u8 = 1 << 3;
 }
 
 /// [`ProbeConfig`] argument position meaning "the function has no such argument".
@@ -99,9 +134,12 @@ pub struct Event {
     pub ts_ns: u64,
     /// Socket cookie (`bpf_get_socket_cookie`), 0 when there is no socket.
     pub cookie: u64,
+    /// `net.net_cookie` of the network namespace: its identity, never reused (0 when unknown).
+    pub netns_cookie: u64,
     /// `jiffies` when the event was taken (low 32 bits, as the kernel's own tcp timestamps).
     pub jiffies: u32,
-    /// Inode number of the socket's network namespace, 0 when unknown.
+    /// Inode number of the network namespace (what `/proc/PID/ns/net` shows; the kernel hands
+    /// it to the next namespace at once), 0 when unknown.
     pub netns: u32,
     /// [`EventKind`] as `u8`.
     pub kind: u8,
@@ -141,13 +179,11 @@ pub struct Event {
     pub keepalive_intvl: u32,
     /// Bytes received ([`EventKind::ReplyAfterIdle`]).
     pub bytes: i32,
-    /// IPv4 TTL or IPv6 hop limit of the segment ([`EventKind::SegmentTtl`]).
-    pub ttl: u8,
-    /// TCP flags of the segment ([`EventKind::SegmentTtl`]), or of the segment an RST answers
-    /// ([`EventKind::ResetSent`] with [`flags::FROM_SEGMENT`]).
+    /// TCP flags of the segment an RST answers ([`EventKind::ResetSent`] with
+    /// [`flags::FROM_SEGMENT`]).
     pub tcp_flags: u8,
     /// Explicit padding, always zero.
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 3],
     /// Thread-group id of the task that was current (only meaningful in process context).
     pub pid: u32,
     /// Thread id of the task that was current.
@@ -156,8 +192,92 @@ pub struct Event {
     pub comm: [u8; 16],
     /// [`EventKind::ResetSent`] on a full TCP socket: bytes received but not read by the
     /// application (`rcv_nxt - copied_seq`, a received FIN counts as one). Zero in other
-    /// events and in records from builds before this field (it was zero padding then).
+    /// events.
     pub unread: u32,
+    /// What the kernel side kept about the connection, valid with [`flags::HAS_CONTEXT`].
+    pub context: ConnContext,
+}
+
+/// Per-connection context, kept in socket-local storage (freed with the socket) and filled by
+/// the hooks that know each fact, so that the one record deciding a verdict carries it all.
+/// Times are `bpf_ktime_get_ns()`, 0 when unknown.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnContext {
+    /// When the connection reached ESTABLISHED.
+    pub established_ns: u64,
+    /// When this host sent after an idle gap of at least the idle floor and has had no
+    /// answer yet; 0 when no such send is pending.
+    pub idle_send_ns: u64,
+    /// When the peer's FIN arrived ([`context_flags::PEER_FIN_FIRST`]).
+    pub peer_fin_ns: u64,
+    /// When the last RST segment arrived on the socket (its TTL is [`Self::rst_ttl`]).
+    pub rst_ns: u64,
+    /// cgroup v2 id of the owning process.
+    pub owner_cgroup: u64,
+    /// The idle gap before the pending idle send, jiffies (the shorter of the receive and
+    /// send gaps: any packet refreshes a middlebox's timer).
+    pub idle_send_gap: u32,
+    /// Thread-group id of the process that last used the socket in process context.
+    pub owner_pid: u32,
+    /// Thread id of that process's thread.
+    pub owner_tid: u32,
+    /// `comm` of that thread, NUL-padded.
+    pub owner_comm: [u8; 16],
+    /// TTL / hop limit of the peer's SYN or SYN-ACK; 0 when not seen.
+    pub peer_ttl: u8,
+    /// TTL / hop limit of the last RST segment that arrived; 0 when none.
+    pub rst_ttl: u8,
+    /// TCP flags of that RST segment (RST alone, or RST|ACK).
+    pub rst_flags: u8,
+    /// [`context_flags`] bits.
+    pub flags: u8,
+    /// The TCP state the socket left when it became CLOSE; 0 while open.
+    pub state_before_close: u8,
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 7],
+}
+
+impl ConnContext {
+    /// An empty context.
+    pub const fn zeroed() -> Self {
+        Self {
+            established_ns: 0,
+            idle_send_ns: 0,
+            peer_fin_ns: 0,
+            rst_ns: 0,
+            owner_cgroup: 0,
+            idle_send_gap: 0,
+            owner_pid: 0,
+            owner_tid: 0,
+            owner_comm: [0; 16],
+            peer_ttl: 0,
+            rst_ttl: 0,
+            rst_flags: 0,
+            flags: 0,
+            state_before_close: 0,
+            _pad: [0; 7],
+        }
+    }
+}
+
+/// Key of the map that holds a listener's SYN TTL until the accepted socket takes it over: the
+/// connection's addresses as seen from this host, in its network namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HandshakeKey {
+    /// `net.net_cookie` of the namespace.
+    pub netns_cookie: u64,
+    /// Local address (IPv4 in the first four bytes).
+    pub local_addr: [u8; 16],
+    /// Remote address (IPv4 in the first four bytes).
+    pub remote_addr: [u8; 16],
+    /// Local port, host byte order.
+    pub local_port: u16,
+    /// Remote port, host byte order.
+    pub remote_port: u16,
+    /// Explicit padding, always zero.
+    pub _pad: u32,
 }
 
 impl Event {
@@ -166,6 +286,7 @@ impl Event {
         Self {
             ts_ns: 0,
             cookie: 0,
+            netns_cookie: 0,
             jiffies: 0,
             netns: 0,
             kind: kind as u8,
@@ -187,13 +308,13 @@ impl Event {
             keepalive_time: 0,
             keepalive_intvl: 0,
             bytes: 0,
-            ttl: 0,
             tcp_flags: 0,
-            _pad: [0; 2],
+            _pad: [0; 3],
             pid: 0,
             tid: 0,
             comm: [0; 16],
             unread: 0,
+            context: ConnContext::zeroed(),
         }
     }
 }
@@ -269,6 +390,15 @@ pub struct KernelOffsets {
     pub copied_seq: u32,
     /// `net.ipv4.sysctl_tcp_keepalive_probes` (u8): the namespace's keepalive count.
     pub net_keepalive_probes: u32,
+    /// `net.net_cookie` (u64).
+    pub net_cookie: u32,
+    /// `sk_buff.dev` (pointer to `struct net_device`).
+    pub skb_dev: u32,
+    /// `net_device.nd_net` (`possible_net_t`: a pointer to `struct net`).
+    pub dev_nd_net: u32,
+    /// `sock.sk_max_ack_backlog` (u32): a listener's backlog, which an accepted socket
+    /// inherits when it is cloned and a connected socket never has.
+    pub sk_max_ack_backlog: u32,
 }
 
 /// Everything the programs need to know about the running kernel and the daemon's settings.
@@ -292,8 +422,9 @@ pub struct ProbeConfig {
     /// Position of the `enum sk_rst_reason` argument of `tcp_v4_send_reset` and
     /// `tcp_v6_send_reset`, or [`NO_ARG`].
     pub reply_reset_reason_arg: u32,
-    /// Explicit tail padding to a multiple of 8 bytes, always zero.
-    pub _pad: u32,
+    /// Nonzero: keep connection context in [`CONTEXT_HASH_MAP`] rather than socket storage
+    /// (kprobe hooks, or kernels whose tracing programs cannot use socket storage).
+    pub context_in_map: u32,
 }
 
 /// TCP states as the kernel numbers them (`include/net/tcp_states.h`, stable ABI).
@@ -329,6 +460,10 @@ mod pod {
     // SAFETY: plain `#[repr(C)]` integers and byte arrays with explicit padding; every bit
     // pattern is valid.
     unsafe impl aya::Pod for super::Event {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ConnContext {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::HandshakeKey {}
     // SAFETY: as above, `u32`/`u64` fields only, no implicit padding.
     unsafe impl aya::Pod for super::KernelOffsets {}
     // SAFETY: as above; `KernelOffsets` ends on an 8-byte boundary, so the `u64` after it
@@ -344,12 +479,14 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<Event>(), 128);
+        assert_eq!(size_of::<ConnContext>(), 5 * 8 + 3 * 4 + 16 + 5 + 7);
+        assert_eq!(size_of::<Event>(), 136 + size_of::<ConnContext>());
         assert_eq!(align_of::<Event>(), 8);
+        assert_eq!(core::mem::offset_of!(Event, context), 136);
+        assert_eq!(size_of::<HandshakeKey>(), 8 + 32 + 8);
         // An even number of u32 offsets keeps the u64 after them aligned without padding.
-        assert_eq!(size_of::<KernelOffsets>(), 32 * 4);
-        assert_eq!(size_of::<ProbeConfig>(), 32 * 4 + 8 + 6 * 4);
-        assert_eq!(core::mem::offset_of!(Event, unread), 124);
+        assert_eq!(size_of::<KernelOffsets>(), 36 * 4);
+        assert_eq!(size_of::<ProbeConfig>(), 36 * 4 + 8 + 6 * 4);
     }
 
     #[test]
@@ -360,6 +497,11 @@ mod tests {
             }
         }
         assert_eq!(EventKind::from_raw(0), None);
-        assert_eq!(EventKind::from_raw(8), Some(EventKind::SegmentTtl));
+        assert_eq!(EventKind::from_raw(7), Some(EventKind::ReplyAfterIdle));
+        assert_eq!(
+            EventKind::from_raw(5),
+            None,
+            "state changes no longer cross"
+        );
     }
 }

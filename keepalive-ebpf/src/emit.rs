@@ -1,19 +1,22 @@
-//! The ring buffer, the lost-event counter and the configuration global.
+//! The ring buffer, the counters and the configuration global.
 
-use core::ops::{Deref, DerefMut};
+use core::{
+    intrinsics::{AtomicOrdering, atomic_xadd},
+    ops::{Deref, DerefMut},
+};
 
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_jiffies64, bpf_ktime_get_ns},
     macros::map,
     maps::{PerCpuArray, RingBuf, ring_buf::RingBufEntry},
 };
-use keepalive_common::{EVENTS_RING_BYTES, Event, EventKind, ProbeConfig};
+use keepalive_common::{EVENTS_RING_BYTES, Event, EventKind, ProbeConfig, counter};
 
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
 
-#[map(name = "LOST_EVENTS")]
-static LOST_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+#[map(name = "COUNTERS")]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::SLOTS, 0);
 
 /// Set by the daemon before load (read-only data); zero means "not configured".
 #[unsafe(no_mangle)]
@@ -51,6 +54,10 @@ static CONFIG: ProbeConfig = ProbeConfig {
         rcv_nxt: 0,
         copied_seq: 0,
         net_keepalive_probes: 0,
+        net_cookie: 0,
+        skb_dev: 0,
+        dev_nd_net: 0,
+        sk_max_ack_backlog: 0,
     },
     keepalive_timer_fn: 0,
     sock_keepopen_bit: 0,
@@ -58,7 +65,7 @@ static CONFIG: ProbeConfig = ProbeConfig {
     sock_linger_bit: 0,
     active_reset_reason_arg: keepalive_common::NO_ARG,
     reply_reset_reason_arg: keepalive_common::NO_ARG,
-    _pad: 0,
+    context_in_map: 0,
 };
 
 /// The configuration, read through a volatile load so the compiler cannot fold the zeroes
@@ -92,36 +99,43 @@ impl DerefMut for Pending {
     }
 }
 
+/// Adds one to counter `slot` of this CPU. An atomic add: a softirq program can interrupt a
+/// process-context one on the same CPU in the middle of a plain read-modify-write. (The BPF
+/// target has no compare-and-swap, so `AtomicU64` offers no `fetch_add`; the intrinsic
+/// compiles to the instruction set's atomic add.)
+#[inline(always)]
+pub fn count(slot: u32) {
+    if let Some(value) = COUNTERS.get_ptr_mut(slot) {
+        // SAFETY: the pointer is this CPU's slot of the map, valid while the program runs and
+        // aligned for a u64.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(value, 1) };
+    }
+}
+
 /// A new event in the ring buffer with the clock, jiffies and the current task filled in;
 /// `None`, counted as lost, when the ring buffer is full.
 #[inline(always)]
 pub fn new_event(kind: EventKind) -> Option<Pending> {
-    let mut event = new_task_less_event(kind)?;
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        count(counter::LOST);
+        return None;
+    };
+    let event = entry.write(Event::zeroed(kind));
+    event.ts_ns = now_ns();
+    // SAFETY: helper without arguments.
+    event.jiffies = unsafe { bpf_jiffies64() } as u32;
     let pid_tgid = bpf_get_current_pid_tgid();
     event.pid = (pid_tgid >> 32) as u32;
     event.tid = pid_tgid as u32;
     event.comm = bpf_get_current_comm().unwrap_or_default();
-    Some(event)
+    Some(Pending(entry))
 }
 
-/// [`new_event`] without the current task, for program types that may not ask for it
-/// (cgroup_skb before 6.18 may not call `bpf_get_current_comm`).
+/// CLOCK_MONOTONIC in nanoseconds, the clock of [`Event::ts_ns`].
 #[inline(always)]
-pub fn new_task_less_event(kind: EventKind) -> Option<Pending> {
-    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-        if let Some(lost) = LOST_EVENTS.get_ptr_mut(0) {
-            // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
-            unsafe { *lost += 1 };
-        }
-        return None;
-    };
-    let event = entry.write(Event::zeroed(kind));
-    // SAFETY: plain helper calls without pointer arguments.
-    unsafe {
-        event.ts_ns = bpf_ktime_get_ns();
-        event.jiffies = bpf_jiffies64() as u32;
-    }
-    Some(Pending(entry))
+pub fn now_ns() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
 }
 
 /// `bpf_ringbuf_query`: bytes not yet consumed.

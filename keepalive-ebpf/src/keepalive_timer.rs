@@ -2,20 +2,32 @@
 //! timer expiry and keeps only those whose callback is `tcp_keepalive_timer` (address from
 //! /proc/kallsyms); the socket is `container_of(timer, struct sock, sk_timer)`. Kernels that
 //! allow it hook the function itself (`keepalive_timer_fentry`, `keepalive_timer_kprobe`).
+//!
+//! A healthy keepalive connection's timer fires with no probe outstanding and sends nothing;
+//! only a firing with an unanswered probe (`icsk_probes_out` above zero) is sent.
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use keepalive_common::EventKind;
 
 use crate::{
+    context::{self, Create},
     emit::{config, new_event, submit},
-    kernel::{Btf, Memory, Probe, fill_from_sock, is_full_tcp, stored_cookie},
+    kernel::{Btf, Memory, Probe, fill_from_sock, stored_cookie},
 };
 
-/// Emits [`EventKind::KeepaliveTimer`] for the socket that owns `timer` (its `sk_timer`).
+/// Emits [`EventKind::KeepaliveTimer`] for the socket that owns `timer` (its `sk_timer`)
+/// when a keepalive probe is outstanding.
 #[inline(always)]
 pub fn keepalive_timer_fired(timer: *const u8) {
-    let sk = timer.wrapping_sub(config().offsets.sk_timer as usize);
-    if timer.is_null() || !is_full_tcp::<Probe>(sk) {
+    let cfg = config();
+    let sk = timer.wrapping_sub(cfg.offsets.sk_timer as usize);
+    if timer.is_null() {
+        return;
+    }
+    let Some(tcp) = Probe::full_tcp(sk) else {
+        return;
+    };
+    if Probe::read::<u8>(tcp, cfg.offsets.icsk_probes_out) == 0 {
         return;
     }
     let Some(mut event) = new_event(EventKind::KeepaliveTimer) else {
@@ -23,8 +35,14 @@ pub fn keepalive_timer_fired(timer: *const u8) {
     };
     fill_from_sock::<Probe>(&mut event, sk);
     // The helper refuses a pointer computed by container_of; the stored cookie is the same
-    // value once any other hook has seen the socket.
-    event.cookie = stored_cookie(sk);
+    // value once any other hook has seen the socket. Socket storage refuses the pointer too:
+    // only the fallback map gives this record a context.
+    let cookie = stored_cookie(sk);
+    event.cookie = cookie;
+    context::attach_to(
+        &mut event,
+        context::by_cookie(cookie, Create::No).as_deref(),
+    );
     submit(event);
 }
 

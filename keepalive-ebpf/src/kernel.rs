@@ -1,7 +1,7 @@
 //! Reading kernel structs through the offsets the daemon found in BTF.
 
 use aya_ebpf::helpers::{bpf_get_socket_cookie, bpf_probe_read_kernel, bpf_skc_to_tcp_sock};
-use keepalive_common::{Event, flags, tcp_state};
+use keepalive_common::{ConnContext, Event, HandshakeKey, context_flags, flags, tcp_state};
 
 use crate::emit::config;
 
@@ -120,6 +120,7 @@ pub fn fill_from_sock<M: Memory>(event: &mut Event, sk: *const u8) {
     let net: u64 = M::read(sk, o.skc_net);
     if net != 0 {
         event.netns = M::read(net as *const u8, o.net_ns_inum);
+        event.netns_cookie = M::read(net as *const u8, o.net_cookie);
     }
     event.flags |= flags::HAS_SOCK;
     let Some(tcp) = M::full_tcp(sk) else {
@@ -178,4 +179,53 @@ pub fn reset_facts<M: Memory>(sk: *const u8) -> (u8, u32) {
         bits |= flags::PROBES_EXHAUSTED;
     }
     (bits, rcv_nxt.wrapping_sub(copied_seq))
+}
+
+/// The network namespace cookie of a socket (`sk->__sk_common.skc_net->net_cookie`).
+#[inline(always)]
+pub fn netns_cookie<M: Memory>(sk: *const u8) -> u64 {
+    let o = &config().offsets;
+    let net: u64 = M::read(sk, o.skc_net);
+    // A NULL `net` makes the read fault, which yields 0.
+    M::read(net as *const u8, o.net_cookie)
+}
+
+/// The handshake-TTL key of a full socket: its addresses and namespace.
+#[inline(always)]
+pub fn handshake_key<M: Memory>(sk: *const u8) -> HandshakeKey {
+    let o = &config().offsets;
+    let mut key = HandshakeKey {
+        netns_cookie: netns_cookie::<M>(sk),
+        ..HandshakeKey::default()
+    };
+    let family: u16 = M::read(sk, o.skc_family);
+    if family == AF_INET6 {
+        key.local_addr = M::read(sk, o.skc_v6_rcv_saddr);
+        key.remote_addr = M::read(sk, o.skc_v6_daddr);
+    } else {
+        let local: [u8; 4] = M::read(sk, o.skc_rcv_saddr);
+        let remote: [u8; 4] = M::read(sk, o.skc_daddr);
+        key.local_addr[..4].copy_from_slice(&local);
+        key.remote_addr[..4].copy_from_slice(&remote);
+    }
+    key.local_port = M::read(sk, o.skc_num);
+    key.remote_port = u16::from_be(M::read(sk, o.skc_dport));
+    key
+}
+
+/// For a context created on first sight of a connection that was open before the observer
+/// started: whether it was accepted or connected, told from the socket itself. An accepted
+/// socket is a clone of its listener and keeps the listener's backlog; a connected one never
+/// listened.
+#[inline(always)]
+pub fn mark_origin<M: Memory>(context: &mut ConnContext, sk: *const u8) {
+    if context.flags & (context_flags::ACCEPTED | context_flags::CONNECTED) != 0 {
+        return;
+    }
+    let backlog: u32 = M::read(sk, config().offsets.sk_max_ack_backlog);
+    context.flags |= if backlog != 0 {
+        context_flags::ACCEPTED
+    } else {
+        context_flags::CONNECTED
+    };
 }

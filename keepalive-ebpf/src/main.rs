@@ -1,9 +1,18 @@
-//! Kernel programs of keepalive-observer. They only collect: each hook copies what the kernel
-//! knows into an [`Event`](keepalive_common::Event) and pushes it into one ring buffer; all
-//! judgement happens in userspace.
+//! Kernel programs of keepalive-observer. They only collect: each hook keeps what the kernel
+//! knows about a connection in its context (`context`), and only the records that decide a
+//! verdict (RSTs, socket errors, unanswered keepalive probes, replies after idle) cross the
+//! ring buffer as an [`Event`](keepalive_common::Event) carrying that context. All judgement
+//! happens in userspace.
 #![no_std]
 #![no_main]
+// For `atomic_xadd`: the BPF target's atomics have no `fetch_add` (see `emit::count`).
+#![feature(core_intrinsics)]
+#![expect(
+    internal_features,
+    reason = "core_intrinsics, for the counters' atomic add"
+)]
 
+mod context;
 mod emit;
 mod idle_reuse;
 mod keepalive_timer;

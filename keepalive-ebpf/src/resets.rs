@@ -9,11 +9,12 @@
 //! functions.
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use keepalive_common::{EventKind, flags};
+use keepalive_common::{ConnContext, EventKind, counter, flags, tcp_flags};
 
 use crate::{
-    emit::{config, new_event, submit},
-    kernel::{Btf, Memory, Probe, cookie_of, fill_from_sock, reset_facts},
+    context::{self, Create},
+    emit::{config, count, new_event, submit},
+    kernel::{Btf, Memory, Probe, cookie_of, fill_from_sock, is_full_tcp, reset_facts},
 };
 
 /// Offset of the flags byte in the TCP header.
@@ -23,9 +24,20 @@ const ETH_IPV6: u8 = 6;
 
 /// Emits [`EventKind::ResetSent`]. `sk` is NULL when no socket owns the segment being
 /// answered, `skb` is NULL for an RST on the socket's own connection, `reason` is `None`
-/// when the hook has no reset reason.
+/// when the hook has no reset reason. An RST refusing a bare SYN (a closed port, a scan, a
+/// SYN flood) ends no connection: it is counted, not sent.
 #[inline(always)]
-pub fn reset_sent<M: Memory>(sk: *const u8, skb: *const u8, reason: Option<u64>, cookie: u64) {
+pub fn reset_sent<M: Memory>(
+    sk: *const u8,
+    skb: *const u8,
+    reason: Option<u64>,
+    cookie: u64,
+    context: Option<&ConnContext>,
+) {
+    if !skb.is_null() && answers_bare_syn(skb) {
+        count(counter::SYN_REFUSALS);
+        return;
+    }
     let Some(mut event) = new_event(EventKind::ResetSent) else {
         return;
     };
@@ -45,6 +57,7 @@ pub fn reset_sent<M: Memory>(sk: *const u8, skb: *const u8, reason: Option<u64>,
     if !sk.is_null() {
         fill_from_sock::<M>(&mut event, sk);
         event.cookie = cookie;
+        context::attach_to(&mut event, context);
     }
     if !skb.is_null() {
         fill_from_segment(&mut event, skb);
@@ -52,9 +65,10 @@ pub fn reset_sent<M: Memory>(sk: *const u8, skb: *const u8, reason: Option<u64>,
     submit(event);
 }
 
-/// Emits [`EventKind::ResetReceived`] for an RST that arrived on `sk`.
+/// Emits [`EventKind::ResetReceived`] for an RST that arrived on `sk`; the context holds
+/// the RST segment's TTL and flags when the ingress program saw it.
 #[inline(always)]
-pub fn reset_received<M: Memory>(sk: *const u8, cookie: u64) {
+pub fn reset_received<M: Memory>(sk: *const u8, cookie: u64, context: Option<&ConnContext>) {
     if sk.is_null() {
         return;
     }
@@ -63,6 +77,7 @@ pub fn reset_received<M: Memory>(sk: *const u8, cookie: u64) {
     };
     fill_from_sock::<M>(&mut event, sk);
     event.cookie = cookie;
+    context::attach_to(&mut event, context);
     submit(event);
 }
 
@@ -71,7 +86,20 @@ pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let skb: *const u8 = ctx.arg(1);
     let reason: u64 = ctx.arg(2);
-    reset_sent::<Btf>(sk, skb, Some(reason), cookie_of(sk));
+    let cookie = cookie_of(sk);
+    // An RST answering a segment comes from a socket that lives on (a listener, TIME_WAIT, an
+    // open connection rejecting a segment): its context, if any, is only read.
+    let create = if skb.is_null() {
+        Create::Yes
+    } else {
+        Create::No
+    };
+    let context = if !sk.is_null() && is_full_tcp::<Btf>(sk) {
+        context::of_sock(sk, || cookie, create)
+    } else {
+        None
+    };
+    reset_sent::<Btf>(sk, skb, Some(reason), cookie, context.as_deref());
     0
 }
 
@@ -85,15 +113,42 @@ pub fn tcp_send_reset_no_reason(ctx: BtfTracePointContext) -> i32 {
     if sk.is_null() || !skb.is_null() {
         return 0;
     }
-    reset_sent::<Btf>(sk, skb, None, cookie_of(sk));
+    let cookie = cookie_of(sk);
+    let context = context::of_sock(sk, || cookie, Create::Yes);
+    reset_sent::<Btf>(sk, skb, None, cookie, context.as_deref());
     0
 }
 
 #[btf_tracepoint(function = "tcp_receive_reset")]
 pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
-    reset_received::<Btf>(sk, cookie_of(sk));
+    let cookie = cookie_of(sk);
+    let context = context::of_sock(sk, || cookie, Create::Yes);
+    reset_received::<Btf>(sk, cookie, context.as_deref());
     0
+}
+
+/// The TCP header of the segment `skb` holds; NULL when it has no head.
+#[inline(always)]
+fn tcp_header(skb: *const u8) -> *const u8 {
+    let o = &config().offsets;
+    let head: u64 = Probe::read(skb, o.skb_head);
+    if head == 0 {
+        return core::ptr::null();
+    }
+    let transport: u16 = Probe::read(skb, o.skb_transport_header);
+    (head as *const u8).wrapping_add(transport as usize)
+}
+
+/// Whether `skb` is a bare SYN: a new connection attempt, not a segment of a connection.
+#[inline(always)]
+fn answers_bare_syn(skb: *const u8) -> bool {
+    let tcp = tcp_header(skb);
+    if tcp.is_null() {
+        return false;
+    }
+    let segment: u8 = Probe::read(tcp, TCP_FLAGS_BYTE);
+    segment & tcp_flags::SYN != 0 && segment & (tcp_flags::ACK | tcp_flags::RST) == 0
 }
 
 /// Takes the addresses from the segment being answered: its source is the remote end. A
@@ -107,7 +162,6 @@ fn fill_from_segment(event: &mut keepalive_common::Event, skb: *const u8) {
     }
     let head = head as *const u8;
     let network: u16 = Probe::read(skb, o.skb_network_header);
-    let transport: u16 = Probe::read(skb, o.skb_transport_header);
     let ip = unsafe { head.add(network as usize) };
     let version = Probe::read::<u8>(ip, 0) >> 4;
     if version == ETH_IPV4 {
@@ -125,11 +179,18 @@ fn fill_from_segment(event: &mut keepalive_common::Event, skb: *const u8) {
     } else {
         return;
     }
-    let tcp = unsafe { head.add(transport as usize) };
+    let tcp = tcp_header(skb);
     event.remote_port = u16::from_be(Probe::read(tcp, 0));
     event.local_port = u16::from_be(Probe::read(tcp, 2));
     // The answered segment's flags tell a refused connection attempt (a bare SYN) from a
     // segment of a connection this host has forgotten.
     event.tcp_flags = Probe::read(tcp, TCP_FLAGS_BYTE);
     event.flags |= flags::FROM_SEGMENT;
+    if event.netns_cookie == 0 {
+        // No socket (NO_SOCKET): the namespace of the device the segment came in on.
+        let dev: u64 = Probe::read(skb, o.skb_dev);
+        let net: u64 = Probe::read(dev as *const u8, o.dev_nd_net);
+        event.netns_cookie = Probe::read(net as *const u8, o.net_cookie);
+        event.netns = Probe::read(net as *const u8, o.net_ns_inum);
+    }
 }

@@ -10,6 +10,7 @@ use aya_ebpf::{
 use keepalive_common::NO_ARG;
 
 use crate::{
+    context::{self, Create},
     emit::config,
     kernel::{Probe, cookie_of},
     resets::{reset_received, reset_sent},
@@ -31,7 +32,9 @@ fn arg_at(ctx: &FEntryContext, n: u32) -> Option<u64> {
 #[fentry(function = "tcp_reset")]
 pub fn fentry_tcp_reset(ctx: FEntryContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
-    reset_received::<Probe>(sk, cookie_of(sk));
+    let cookie = cookie_of(sk);
+    let context = context::of_sock(sk, || cookie, Create::Yes);
+    reset_received::<Probe>(sk, cookie, context.as_deref());
     0
 }
 
@@ -39,7 +42,9 @@ pub fn fentry_tcp_reset(ctx: FEntryContext) -> i32 {
 pub fn fentry_tcp_send_active_reset(ctx: FEntryContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let reason = arg_at(&ctx, config().active_reset_reason_arg);
-    reset_sent::<Probe>(sk, core::ptr::null(), reason, cookie_of(sk));
+    let cookie = cookie_of(sk);
+    let context = context::of_sock(sk, || cookie, Create::Yes);
+    reset_sent::<Probe>(sk, core::ptr::null(), reason, cookie, context.as_deref());
     0
 }
 
@@ -65,5 +70,7 @@ fn send_reset(ctx: &FEntryContext) {
         return;
     }
     let reason = arg_at(ctx, config().reply_reset_reason_arg);
-    reset_sent::<Probe>(sk, skb, reason, cookie_of(sk));
+    let cookie = cookie_of(sk);
+    // A reply RST's socket (a listener, TIME_WAIT, a request socket) keeps no context.
+    reset_sent::<Probe>(sk, skb, reason, cookie, None);
 }

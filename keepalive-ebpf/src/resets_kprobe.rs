@@ -5,6 +5,7 @@
 //! first saw it.
 
 use crate::{
+    context::{self, Create},
     emit::config,
     kernel::{Probe, stored_cookie},
     resets::{reset_received, reset_sent},
@@ -34,7 +35,9 @@ fn cookie(sk: *const u8) -> u64 {
 #[kprobe]
 pub fn kprobe_tcp_reset(ctx: ProbeContext) -> u32 {
     if let Some(sk) = ctx.arg::<*const u8>(0) {
-        reset_received::<Probe>(sk, cookie(sk));
+        let cookie = cookie(sk);
+        let context = context::by_cookie(cookie, Create::No);
+        reset_received::<Probe>(sk, cookie, context.as_deref());
     }
     0
 }
@@ -43,7 +46,9 @@ pub fn kprobe_tcp_reset(ctx: ProbeContext) -> u32 {
 pub fn kprobe_tcp_send_active_reset(ctx: ProbeContext) -> u32 {
     if let Some(sk) = ctx.arg::<*const u8>(0) {
         let reason = arg_at(&ctx, config().active_reset_reason_arg);
-        reset_sent::<Probe>(sk, core::ptr::null(), reason, cookie(sk));
+        let cookie = cookie(sk);
+        let context = context::by_cookie(cookie, Create::No);
+        reset_sent::<Probe>(sk, core::ptr::null(), reason, cookie, context.as_deref());
     }
     0
 }
@@ -71,5 +76,6 @@ fn send_reset(ctx: &ProbeContext) {
         return;
     }
     let reason = arg_at(ctx, config().reply_reset_reason_arg);
-    reset_sent::<Probe>(sk, skb, reason, cookie(sk));
+    // A reply RST's socket (a listener, TIME_WAIT, a request socket) keeps no context.
+    reset_sent::<Probe>(sk, skb, reason, cookie(sk), None);
 }

@@ -1,13 +1,22 @@
 //! TTL / hop limit of incoming SYN, SYN-ACK and RST segments, from a cgroup_skb ingress
-//! program on the cgroup v2 root. It runs for every packet delivered to a local socket, so
-//! everything else leaves after a few direct packet reads (no helper calls).
+//! program on the cgroup v2 root, kept in the connection's context: it sends nothing. It runs
+//! for every packet delivered to a local socket, so everything else leaves after a few direct
+//! packet reads (no helper calls).
 
 use aya_ebpf::{
-    EbpfContext, helpers::bpf_get_socket_cookie, macros::cgroup_skb, programs::SkBuffContext,
+    EbpfContext,
+    bindings::__sk_buff,
+    helpers::{bpf_get_socket_cookie, bpf_skc_to_tcp_sock},
+    macros::cgroup_skb,
+    programs::SkBuffContext,
 };
-use keepalive_common::{EventKind, flags, tcp_flags};
+use keepalive_common::{HandshakeKey, tcp_flags};
 
-use crate::emit::{new_task_less_event, submit};
+use crate::{
+    context::{self, Create},
+    emit::now_ns,
+    kernel::{Btf, netns_cookie},
+};
 
 const IPPROTO_TCP: u8 = 6;
 /// Offset of the flags byte in the TCP header.
@@ -66,27 +75,54 @@ pub fn segment_ttl(ctx: SkBuffContext) -> i32 {
     if segment_flags & (tcp_flags::SYN | tcp_flags::RST) == 0 {
         return 1;
     }
-    let Some(mut event) = new_task_less_event(EventKind::SegmentTtl) else {
+    // SAFETY: the context pointer is the program's own skb; `sk` is a field the verifier
+    // types as a nullable socket pointer.
+    let sk = unsafe { (*(ctx.as_ptr() as *const __sk_buff)).__bindgen_anon_2.sk } as *const u8;
+    if sk.is_null() {
         return 1;
+    }
+    // SAFETY: the context pointer is the program's own skb.
+    let cookie = || unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if segment_flags & tcp_flags::RST != 0 {
+        // Kept for the `tcp_receive_reset` that follows if the RST is accepted; a spoofed
+        // one outside the window costs this write and nothing else.
+        if let Some(context) = context::of_sock(sk, cookie, Create::Yes) {
+            context.rst_ttl = ttl;
+            context.rst_flags = segment_flags;
+            context.rst_ns = now_ns();
+        }
+        return 1;
+    }
+    if segment_flags & tcp_flags::ACK != 0 {
+        // A SYN-ACK arrives on the connecting socket itself.
+        if let Some(context) = context::of_sock(sk, cookie, Create::Yes) {
+            context.peer_ttl = ttl;
+        }
+        return 1;
+    }
+    // A SYN arrives at the listener; the accepted socket does not exist yet.
+    // SAFETY: `sk` is the socket the verifier typed; the helper returns NULL for anything but
+    // a full TCP socket.
+    let listener = unsafe { bpf_skc_to_tcp_sock(sk as *mut _) } as *const u8;
+    if listener.is_null() {
+        return 1;
+    }
+    let mut key = HandshakeKey {
+        netns_cookie: netns_cookie::<Btf>(listener),
+        ..HandshakeKey::default()
     };
-    event.family = family;
-    event.ttl = ttl;
-    event.tcp_flags = segment_flags;
-    event.flags |= flags::FROM_SEGMENT;
     if family == 2 {
         // SAFETY (all reads below): bounds were checked against data_end above.
         let src = unsafe { *((data + 12) as *const [u8; 4]) };
         let dst = unsafe { *((data + 16) as *const [u8; 4]) };
-        event.remote_addr[..4].copy_from_slice(&src);
-        event.local_addr[..4].copy_from_slice(&dst);
+        key.remote_addr[..4].copy_from_slice(&src);
+        key.local_addr[..4].copy_from_slice(&dst);
     } else {
-        event.remote_addr = unsafe { *((data + 8) as *const [u8; 16]) };
-        event.local_addr = unsafe { *((data + 24) as *const [u8; 16]) };
+        key.remote_addr = unsafe { *((data + 8) as *const [u8; 16]) };
+        key.local_addr = unsafe { *((data + 24) as *const [u8; 16]) };
     }
-    event.remote_port = u16::from_be(unsafe { *(tcp as *const u16) });
-    event.local_port = u16::from_be(unsafe { *((tcp + 2) as *const u16) });
-    // SAFETY: the context pointer is the program's own skb.
-    event.cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    submit(event);
+    key.remote_port = u16::from_be(unsafe { *(tcp as *const u16) });
+    key.local_port = u16::from_be(unsafe { *((tcp + 2) as *const u16) });
+    context::remember_handshake_ttl(&key, ttl);
     1
 }

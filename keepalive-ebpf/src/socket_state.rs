@@ -1,31 +1,68 @@
-//! Socket lifecycle and errors: `inet_sock_set_state(sk, old, new)` for every TCP state
-//! transition, `inet_sk_error_report(sk)` when `sk_err` is reported (ECONNRESET, ETIMEDOUT,
-//! ECONNREFUSED).
+//! Socket lifecycle and errors. `inet_sock_set_state(sk, old, new)` sends nothing: it keeps
+//! in the connection's context what the rules need from the lifecycle (who connected, when it
+//! was established, whether the peer closed first, the state before CLOSE).
+//! `inet_sk_error_report(sk)` sends the error (ECONNRESET, ETIMEDOUT, ECONNREFUSED) with that
+//! context. `tcp_destroy_sock(sk)` forgets the fallback map's entry.
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use keepalive_common::EventKind;
+use keepalive_common::{EventKind, context_flags, tcp_state};
 
 use crate::{
-    emit::{new_event, submit},
-    kernel::{Btf, cookie_of, fill_from_sock, is_full_tcp},
+    context::{self, Create},
+    emit::{new_event, now_ns, submit},
+    kernel::{Btf, cookie_of, fill_from_sock, handshake_key, is_full_tcp, mark_origin},
 };
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
-    let old: i32 = ctx.arg(1);
-    let new: i32 = ctx.arg(2);
-    if sk.is_null() || !is_full_tcp::<Btf>(sk) {
+    let old = ctx.arg::<i32>(1) as u8;
+    let new = ctx.arg::<i32>(2) as u8;
+    use tcp_state::*;
+    // Only the transitions a rule needs touch the context; listeners are not connections.
+    let wanted = match (old, new) {
+        (_, LISTEN) | (LISTEN, CLOSE) => false,
+        (_, SYN_SENT | ESTABLISHED | CLOSE) => true,
+        (LISTEN, SYN_RECV) | (ESTABLISHED, CLOSE_WAIT | FIN_WAIT1) | (CLOSE_WAIT, LAST_ACK) => true,
+        _ => false,
+    };
+    if !wanted || sk.is_null() || !is_full_tcp::<Btf>(sk) {
         return 0;
     }
-    let Some(mut event) = new_event(EventKind::StateChange) else {
+    let Some(context) = context::of_sock(sk, || cookie_of(sk), Create::Yes) else {
         return 0;
     };
-    fill_from_sock::<Btf>(&mut event, sk);
-    event.old_state = old as u8;
-    event.new_state = new as u8;
-    event.cookie = cookie_of(sk);
-    submit(event);
+    match (old, new) {
+        (CLOSE, SYN_SENT) => {
+            // connect() runs in the connecting task. A closed socket that connects again is
+            // a new connection: nothing of the old one carries over.
+            *context = keepalive_common::ConnContext::zeroed();
+            context.flags = context_flags::CONNECTED | context_flags::FROM_HANDSHAKE;
+            context::set_owner(context);
+        }
+        (LISTEN, SYN_RECV) => {
+            // The accepted socket, cloned from its listener in softirq: no owner yet.
+            context.flags = context_flags::ACCEPTED | context_flags::FROM_HANDSHAKE;
+            if let Some(ttl) = context::take_handshake_ttl(&handshake_key::<Btf>(sk)) {
+                context.peer_ttl = ttl;
+            }
+        }
+        (_, ESTABLISHED) => {
+            context.established_ns = now_ns();
+            mark_origin::<Btf>(context, sk);
+        }
+        (ESTABLISHED, CLOSE_WAIT) => {
+            context.flags |= context_flags::PEER_FIN_FIRST;
+            context.peer_fin_ns = now_ns();
+        }
+        // close() after use, in the closing task.
+        (ESTABLISHED, FIN_WAIT1) | (CLOSE_WAIT, LAST_ACK) => context::set_owner(context),
+        (_, CLOSE) => {
+            context.state_before_close = old;
+            mark_origin::<Btf>(context, sk);
+        }
+        _ => {}
+    }
     0
 }
 
@@ -35,11 +72,23 @@ pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> i32 {
     if sk.is_null() || !is_full_tcp::<Btf>(sk) {
         return 0;
     }
+    let cookie = cookie_of(sk);
+    let context = context::of_sock(sk, || cookie, Create::Yes);
     let Some(mut event) = new_event(EventKind::SocketError) else {
         return 0;
     };
     fill_from_sock::<Btf>(&mut event, sk);
-    event.cookie = cookie_of(sk);
+    event.cookie = cookie;
+    context::attach_to(&mut event, context.as_deref());
     submit(event);
+    0
+}
+
+#[btf_tracepoint(function = "tcp_destroy_sock")]
+pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    if !sk.is_null() {
+        context::forget(cookie_of(sk));
+    }
     0
 }

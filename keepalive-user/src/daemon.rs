@@ -101,17 +101,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             Some(error) => return Err(error.into()),
         }
         if print_stats {
-            pipeline.loss.kernel_lost = observer.lost_events();
+            take_counters(&mut pipeline, &observer);
             pipeline.stats()?;
         }
     }
     observer.drain_waiting(|bytes| pipeline.on_record(bytes));
-    pipeline.loss.kernel_lost = observer.lost_events();
+    take_counters(&mut pipeline, &observer);
     drop(observer);
     match pipeline.stats() {
         Ok(()) | Err(PipelineError::Sink(SinkError::StdoutClosed)) => Ok(()),
         Err(error) => Err(error.into()),
     }
+}
+
+/// Copies what the kernel programs counted into the totals.
+fn take_counters(pipeline: &mut Pipeline, observer: &Observer) {
+    let counters = observer.counters();
+    pipeline.loss.kernel_lost = counters.lost;
+    pipeline.loss.syn_refusals = counters.syn_refusals;
+    pipeline.loss.context_failures = counters.context_failures;
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`, so ticks and events agree.
@@ -186,5 +194,6 @@ fn startup_report(observer: &Observer) -> StartupReport {
             .unwrap_or_default(),
         hooks,
         missing_signals,
+        context: observer.context.describe(),
     }
 }

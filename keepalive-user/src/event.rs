@@ -9,7 +9,9 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
-use keepalive_common::{Event as RawEvent, EventKind, flags, tcp_state};
+use keepalive_common::{
+    ConnContext, Event as RawEvent, EventKind, context_flags, flags, tcp_state,
+};
 use serde::{Deserialize, Serialize};
 
 /// Why a raw record could not be decoded.
@@ -52,14 +54,8 @@ pub enum TcpEventKind {
     KeepaliveTimer,
     /// An error was reported on a socket.
     SocketError,
-    /// A TCP state transition.
-    StateChange,
-    /// A send after an idle gap of at least the configured floor.
-    IdleSend,
-    /// The first receive after an idle send: the path survived the gap.
+    /// The first receive after a send that followed an idle gap: the path survived the gap.
     ReplyAfterIdle,
-    /// TTL / hop limit of an incoming SYN, SYN-ACK or RST.
-    SegmentTtl,
 }
 
 impl TcpEventKind {
@@ -70,10 +66,7 @@ impl TcpEventKind {
             Self::ResetReceived => "reset_received",
             Self::KeepaliveTimer => "keepalive_timer",
             Self::SocketError => "socket_error",
-            Self::StateChange => "state_change",
-            Self::IdleSend => "idle_send",
             Self::ReplyAfterIdle => "reply_after_idle",
-            Self::SegmentTtl => "segment_ttl",
         }
     }
 }
@@ -85,10 +78,7 @@ impl From<EventKind> for TcpEventKind {
             EventKind::ResetReceived => Self::ResetReceived,
             EventKind::KeepaliveTimer => Self::KeepaliveTimer,
             EventKind::SocketError => Self::SocketError,
-            EventKind::StateChange => Self::StateChange,
-            EventKind::IdleSend => Self::IdleSend,
             EventKind::ReplyAfterIdle => Self::ReplyAfterIdle,
-            EventKind::SegmentTtl => Self::SegmentTtl,
         }
     }
 }
@@ -229,6 +219,62 @@ pub struct Task {
     pub comm: String,
 }
 
+/// How the connection came to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// Accepted from a listener on this host: the remote is a client.
+    Accepted,
+    /// Connected from this host.
+    Connected,
+}
+
+/// A send after an idle gap that had not been answered when the record was taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdleSend {
+    /// CLOCK_MONOTONIC nanoseconds of the send.
+    pub at_ns: u64,
+    /// How long the flow had been idle before it, milliseconds.
+    pub gap_ms: u64,
+}
+
+/// The last RST segment that arrived on the socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RstSegment {
+    /// CLOCK_MONOTONIC nanoseconds of its arrival.
+    pub at_ns: u64,
+    /// Its TTL / hop limit.
+    pub ttl: u8,
+    /// Its TCP flags (RST alone, or RST|ACK).
+    pub flags: u8,
+}
+
+/// What the kernel side kept about the connection until this record.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionContext {
+    /// Accepted or connected, when known.
+    pub origin: Option<Origin>,
+    /// The context was created at the handshake; `false` for a connection first seen after
+    /// the observer started (then the handshake TTL and the establishment are unknown).
+    pub from_handshake: bool,
+    /// CLOCK_MONOTONIC nanoseconds when it reached ESTABLISHED.
+    pub established_ns: Option<u64>,
+    /// The process that last used the socket in process context.
+    pub owner: Option<Task>,
+    /// cgroup v2 id of that process.
+    pub owner_cgroup: Option<u64>,
+    /// TTL / hop limit of the peer's SYN or SYN-ACK.
+    pub peer_ttl: Option<u8>,
+    /// The last RST segment that arrived.
+    pub rst: Option<RstSegment>,
+    /// CLOCK_MONOTONIC nanoseconds when the peer's FIN arrived on the ESTABLISHED connection.
+    pub peer_fin_ns: Option<u64>,
+    /// A send after an idle gap, not yet answered.
+    pub idle_send: Option<IdleSend>,
+    /// The state the socket left when it became CLOSE.
+    pub state_before_close: Option<TcpState>,
+}
+
 /// One decoded event.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TcpEvent {
@@ -238,8 +284,10 @@ pub struct TcpEvent {
     pub kind: TcpEventKind,
     /// Socket cookie; 0 when there was no socket (an RST answering a segment nobody owns).
     pub cookie: u64,
-    /// Network namespace inode; 0 when unknown.
+    /// Network namespace inode (as `/proc/PID/ns/net` shows it); 0 when unknown.
     pub netns: u32,
+    /// Network namespace cookie: its identity, never reused; 0 when unknown.
+    pub netns_cookie: u64,
     /// This host's end.
     pub local: SocketAddr,
     /// The peer's end.
@@ -262,14 +310,14 @@ pub struct TcpEvent {
     pub keepalive: Option<KeepaliveState>,
     /// `icsk_retransmits`, for full TCP sockets.
     pub retransmits: Option<u8>,
-    /// TTL / hop limit of the segment ([`TcpEventKind::SegmentTtl`]).
-    pub ttl: Option<u8>,
-    /// TCP flags of the segment ([`TcpEventKind::SegmentTtl`]).
+    /// TCP flags of the segment an RST answers ([`TcpEventKind::ResetSent`] in reply).
     pub tcp_flags: Option<u8>,
     /// Bytes received ([`TcpEventKind::ReplyAfterIdle`]).
     pub bytes: Option<i32>,
-    /// The socket's user, when the event ran in its process context.
+    /// The task current at the event, when that task is the socket's user.
     pub task: Option<Task>,
+    /// The connection's kernel-side context, when it had one.
+    pub context: Option<ConnectionContext>,
 }
 
 const AF_INET: u8 = 2;
@@ -317,6 +365,7 @@ impl DecodeContext {
             kind,
             cookie: raw.cookie,
             netns: raw.netns,
+            netns_cookie: raw.netns_cookie,
             local,
             remote,
             old_state: TcpState::from_raw(raw.old_state),
@@ -328,12 +377,11 @@ impl DecodeContext {
             idle_tx_ms: has_tcp.then(|| self.jiffies_ms(raw.jiffies.wrapping_sub(raw.lsndtime))),
             keepalive,
             retransmits: has_tcp.then_some(raw.retransmits),
-            ttl: (kind == TcpEventKind::SegmentTtl).then_some(raw.ttl),
-            tcp_flags: (kind == TcpEventKind::SegmentTtl
-                || (kind == TcpEventKind::ResetSent && raw.flags & flags::FROM_SEGMENT != 0))
+            tcp_flags: (reset_sent && raw.flags & flags::FROM_SEGMENT != 0)
                 .then_some(raw.tcp_flags),
             bytes: (kind == TcpEventKind::ReplyAfterIdle).then_some(raw.bytes),
             task: None,
+            context: (raw.flags & flags::HAS_CONTEXT != 0).then(|| self.context(&raw.context)),
         };
         if runs_in_process_context(&event) && raw.pid != 0 {
             event.task = Some(Task {
@@ -343,6 +391,42 @@ impl DecodeContext {
             });
         }
         Ok(event)
+    }
+
+    fn context(&self, raw: &ConnContext) -> ConnectionContext {
+        let time = |ns: u64| (ns != 0).then_some(ns);
+        let origin = if raw.flags & context_flags::ACCEPTED != 0 {
+            Some(Origin::Accepted)
+        } else if raw.flags & context_flags::CONNECTED != 0 {
+            Some(Origin::Connected)
+        } else {
+            None
+        };
+        ConnectionContext {
+            origin,
+            from_handshake: raw.flags & context_flags::FROM_HANDSHAKE != 0,
+            established_ns: time(raw.established_ns),
+            owner: (raw.owner_pid != 0).then(|| Task {
+                pid: raw.owner_pid,
+                tid: raw.owner_tid,
+                comm: comm_str(&raw.owner_comm),
+            }),
+            owner_cgroup: (raw.owner_pid != 0 && raw.owner_cgroup != 0).then_some(raw.owner_cgroup),
+            peer_ttl: (raw.peer_ttl != 0).then_some(raw.peer_ttl),
+            rst: (raw.rst_ns != 0).then_some(RstSegment {
+                at_ns: raw.rst_ns,
+                ttl: raw.rst_ttl,
+                flags: raw.rst_flags,
+            }),
+            peer_fin_ns: time(raw.peer_fin_ns)
+                .filter(|_| raw.flags & context_flags::PEER_FIN_FIRST != 0),
+            idle_send: time(raw.idle_send_ns).map(|at_ns| IdleSend {
+                at_ns,
+                gap_ms: self.jiffies_ms(raw.idle_send_gap),
+            }),
+            state_before_close: (raw.state_before_close != 0)
+                .then(|| TcpState::from_raw(raw.state_before_close)),
+        }
     }
 
     /// Converts a jiffies count to milliseconds with the kernel's HZ.
@@ -398,13 +482,8 @@ fn endpoints(raw: &RawEvent) -> Result<(SocketAddr, SocketAddr), DecodeError> {
 /// Whether the task current at the event is the one using the socket. Timer and softirq
 /// events run in whatever task the CPU happened to be running, so their pid/comm mean nothing.
 fn runs_in_process_context(event: &TcpEvent) -> bool {
-    use TcpState::*;
     match event.kind {
-        TcpEventKind::IdleSend | TcpEventKind::ReplyAfterIdle => true,
-        TcpEventKind::StateChange => matches!(
-            (event.old_state, event.new_state),
-            (Close, SynSent) | (Established, FinWait1) | (CloseWait, LastAck)
-        ),
+        TcpEventKind::ReplyAfterIdle => true,
         TcpEventKind::ResetSent if event.cookie == 0 => false,
         TcpEventKind::ResetSent => match &event.reason {
             Some(reason) => reason

@@ -21,8 +21,10 @@ use crate::{
     event::{self, DecodeContext, DecodeError, TcpEvent},
 };
 
-/// The format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this build writes and reads. Version 2: records carry the connection's
+/// kernel-side context and state changes no longer cross (version 1 had a record per state
+/// change and per SYN/RST segment).
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Bytes in one raw record.
 const RECORD_BYTES: usize = size_of::<RawEvent>();
@@ -176,6 +178,18 @@ pub enum ReplayError {
         line: usize,
         /// The `version` value as written.
         found: String,
+    },
+    /// The recording was made by an older build, whose records this build cannot decode.
+    #[error(
+        "line {line}: this recording is format version {found}, made by an older \
+         keepalive-observer; this build reads version {FORMAT_VERSION} only (record it again, or \
+         replay it with the build that made it)"
+    )]
+    OlderVersion {
+        /// Line number.
+        line: usize,
+        /// The version written.
+        found: u64,
     },
     /// A second header.
     #[error("line {line}: a header after the first line")]
@@ -344,6 +358,12 @@ fn parse_header(text: &str, line: usize) -> Result<RecordHeader, ReplayError> {
         });
     }
     let version = value.get("version");
+    if let Some(found) = version
+        .and_then(|v| v.as_u64())
+        .filter(|&v| v < u64::from(FORMAT_VERSION))
+    {
+        return Err(ReplayError::OlderVersion { line, found });
+    }
     if version.and_then(|v| v.as_u64()) != Some(u64::from(FORMAT_VERSION)) {
         return Err(ReplayError::UnknownVersion {
             line,

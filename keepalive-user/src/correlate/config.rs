@@ -92,17 +92,14 @@ pub struct CorrelatorConfig {
     /// request/response traffic, whose resets are seldom idle expiries. Once a remote has a
     /// learned lower bound, that bound replaces the floor.
     pub idle_expiry_floor_ms: u64,
-    /// Connections tracked at once; the least recently used are forgotten beyond this.
-    pub max_connections: usize,
-    /// Closed connections remembered until their trailing events (the RST sent after the
-    /// state became CLOSE, the error report) have arrived.
-    pub max_closing: usize,
-    /// How long a closed connection is remembered for those trailing events, milliseconds.
+    /// Connections that sent a deciding record, remembered until the other records of the
+    /// same death (the error report after an RST) have arrived; the least recently used are
+    /// forgotten beyond this.
+    pub max_recent: usize,
+    /// How long such a connection is remembered, milliseconds.
     pub close_grace_ms: u64,
     /// Remotes with learned timeouts and liveness, and hosts with a known handshake TTL.
     pub max_remotes: usize,
-    /// Handshake TTLs of SYNs to listeners, kept until the accepted socket shows up.
-    pub max_handshake_ttls: usize,
 }
 
 impl Default for CorrelatorConfig {
@@ -110,11 +107,9 @@ impl Default for CorrelatorConfig {
         Self {
             sysctls: KeepaliveSysctls::default(),
             idle_expiry_floor_ms: 30_000,
-            max_connections: 65_536,
-            max_closing: 16_384,
+            max_recent: 16_384,
             close_grace_ms: 2_000,
             max_remotes: 16_384,
-            max_handshake_ttls: 16_384,
         }
     }
 }

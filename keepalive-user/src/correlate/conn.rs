@@ -1,18 +1,21 @@
-//! What is remembered about one connection, keyed by its socket cookie.
+//! A connection as its deciding record describes it: the record's socket snapshot and the
+//! context the kernel side kept. Only connections that sent such a record are remembered,
+//! briefly, for the other records of the same death.
 
 use std::net::SocketAddr;
 
 use super::{KeepaliveSysctls, finding::Finding, finding::KeepaliveSummary};
-use crate::event::{KeepaliveState, Task, TcpEvent, TcpEventKind, TcpState};
+use crate::event::{IdleSend, KeepaliveState, Origin, Task, TcpEvent, TcpEventKind, TcpState};
 
 /// Receive times derived from `idle_rx_ms` are only as exact as a jiffy (10 ms at HZ 100):
 /// a receive counts as later than a send only beyond this margin.
 const ANSWER_SLACK_NS: u64 = 20_000_000;
 
-/// One connection as seen so far.
+/// One connection as its records describe it.
 #[derive(Clone, Debug)]
 pub(super) struct Conn {
     pub netns: u32,
+    pub netns_cookie: u64,
     pub local: SocketAddr,
     pub remote: SocketAddr,
     /// The process that last used the socket in process context.
@@ -24,29 +27,17 @@ pub(super) struct Conn {
     pub passive: bool,
     /// TTL / hop limit of the peer's SYN or SYN-ACK.
     pub peer_ttl: Option<u8>,
-    /// Keepalive settings and progress at the last event that carried them.
+    /// Keepalive settings and progress at the last record that carried them.
     pub keepalive: Option<KeepaliveState>,
-    /// A send after an idle gap that has not been answered yet.
-    pub pending_idle: Option<PendingIdle>,
-    /// When a segment from the peer last arrived, as far as events tell.
+    /// A send after an idle gap that had not been answered.
+    pub pending_idle: Option<IdleSend>,
+    /// When a segment from the peer last arrived, as far as records tell.
     pub last_rx_ns: Option<u64>,
     pub outcome: Outcome,
-    pub closed: Option<Closed>,
-}
-
-/// A send after an idle gap, waiting for its answer.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct PendingIdle {
-    /// Idle time of the flow before the send, milliseconds.
-    pub gap_ms: u64,
-    pub at_ns: u64,
-}
-
-/// When and from which state the socket became CLOSE.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Closed {
-    pub at_ns: u64,
-    pub state_before: TcpState,
+    /// The state the socket left when it became CLOSE.
+    pub state_before_close: Option<TcpState>,
+    /// When the connection was first remembered: forgotten a grace period later.
+    pub seen_ns: u64,
 }
 
 /// Whether the connection's death has been reported.
@@ -60,39 +51,60 @@ pub(super) enum Outcome {
 
 impl Conn {
     pub(super) fn new(ev: &TcpEvent) -> Self {
+        let context = ev.context.as_ref();
         let mut conn = Self {
             netns: ev.netns,
+            netns_cookie: ev.netns_cookie,
             local: ev.local,
             remote: ev.remote,
-            owner: None,
-            established_ns: None,
+            owner: context.and_then(|c| c.owner.clone()),
+            established_ns: context.and_then(|c| c.established_ns),
             state: ev.new_state,
-            passive: ev.kind == TcpEventKind::StateChange
-                && matches!(ev.old_state, TcpState::Listen | TcpState::SynRecv),
-            peer_ttl: None,
+            passive: context.and_then(|c| c.origin) == Some(Origin::Accepted),
+            peer_ttl: context.and_then(|c| c.peer_ttl),
             keepalive: None,
-            pending_idle: None,
+            pending_idle: context.and_then(|c| c.idle_send),
             last_rx_ns: None,
             outcome: Outcome::Open,
-            closed: None,
+            state_before_close: context.and_then(|c| c.state_before_close),
+            seen_ns: ev.mono_ns,
         };
         conn.observe(ev);
         conn
     }
 
-    /// Takes what any event tells about the connection.
+    /// Whether `ev` is about a later connection of the same socket (a closed socket that
+    /// connected again keeps its cookie).
+    pub(super) fn is_succeeded_by(&self, ev: &TcpEvent) -> bool {
+        let established = ev.context.as_ref().and_then(|c| c.established_ns);
+        matches!((self.established_ns, established), (Some(a), Some(b)) if a != b)
+    }
+
+    /// Takes what any record tells about the connection.
     pub(super) fn observe(&mut self, ev: &TcpEvent) {
-        // After close the kernel reports port 0, and during connect() the local port is
-        // assigned after the SYN_SENT transition: only take complete addresses.
-        if self.closed.is_none() {
-            if ev.local.port() != 0 {
-                self.local = ev.local;
+        // After close the kernel reports port 0: only take complete addresses.
+        if ev.local.port() != 0 {
+            self.local = ev.local;
+        }
+        if ev.remote.port() != 0 {
+            self.remote = ev.remote;
+        }
+        if ev.netns_cookie != 0 {
+            self.netns = ev.netns;
+            self.netns_cookie = ev.netns_cookie;
+        }
+        if ev.new_state != TcpState::Close {
+            self.state = ev.new_state;
+        }
+        if let Some(context) = &ev.context {
+            if let Some(state) = context.state_before_close {
+                self.state_before_close = Some(state);
             }
-            if ev.remote.port() != 0 {
-                self.remote = ev.remote;
+            if let Some(ttl) = context.peer_ttl {
+                self.peer_ttl = Some(ttl);
             }
-            if ev.netns != 0 {
-                self.netns = ev.netns;
+            if let Some(owner) = &context.owner {
+                self.owner = Some(owner.clone());
             }
         }
         if let Some(keepalive) = &ev.keepalive {
@@ -100,7 +112,7 @@ impl Conn {
         }
         // An RST sent from another process (ss -K) must not replace the owner; one sent from
         // the owner's own process names the thread that closed the socket, which need not be
-        // the one that connected it (a pool's worker, a namespace-entering helper thread).
+        // the one that last used it (a pool's worker, a namespace-entering helper thread).
         if let Some(task) = &ev.task
             && (ev.kind != TcpEventKind::ResetSent
                 || self
@@ -125,7 +137,7 @@ impl Conn {
 
     /// The state the socket was in before it started to close.
     pub(super) fn state_before_close(&self) -> TcpState {
-        self.closed.map_or(self.state, |closed| closed.state_before)
+        self.state_before_close.unwrap_or(self.state)
     }
 }
 
@@ -133,8 +145,16 @@ impl Conn {
 /// handshake is done: before that the receive timestamp is not set.
 pub(super) fn last_rx_ns(ev: &TcpEvent) -> Option<u64> {
     use TcpState::*;
+    let state = match ev.old_state {
+        Close => ev
+            .context
+            .as_ref()
+            .and_then(|c| c.state_before_close)
+            .unwrap_or(Close),
+        state => state,
+    };
     let synchronized = matches!(
-        ev.old_state,
+        state,
         Established | CloseWait | FinWait1 | FinWait2 | LastAck | Closing
     );
     let idle_ms = ev.idle_rx_ms.filter(|_| synchronized)?;

@@ -94,8 +94,10 @@ pub struct Finding {
     pub confidence: Confidence,
     /// Socket cookie (0 for an RST sent without a socket).
     pub cookie: u64,
-    /// Network namespace inode.
+    /// Network namespace inode (as `/proc/PID/ns/net` shows it).
     pub netns: u32,
+    /// Network namespace cookie: the namespace's identity (inodes are reused).
+    pub netns_cookie: u64,
     /// This host's end.
     pub local: SocketAddr,
     /// The peer's end.

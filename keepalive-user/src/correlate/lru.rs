@@ -39,10 +39,6 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
         self.evicted
     }
 
-    pub(super) fn contains(&self, key: &K) -> bool {
-        self.entries.contains_key(key)
-    }
-
     /// The value without marking it used.
     pub(super) fn get(&self, key: &K) -> Option<&V> {
         self.entries.get(key).map(|(value, _)| value)

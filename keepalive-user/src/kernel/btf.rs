@@ -326,6 +326,10 @@ impl KernelBtf {
             rcv_nxt: tcp("rcv_nxt", 4)?,
             copied_seq: tcp("copied_seq", 4)?,
             net_keepalive_probes: self.byte_offset("net", "ipv4.sysctl_tcp_keepalive_probes", 1)?,
+            net_cookie: self.byte_offset("net", "net_cookie", 8)?,
+            skb_dev: skb("dev", 8)?,
+            dev_nd_net: self.byte_offset("net_device", "nd_net", 8)?,
+            sk_max_ack_backlog: sock("sk_max_ack_backlog", 4)?,
         })
     }
 }

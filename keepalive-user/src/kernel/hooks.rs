@@ -161,6 +161,9 @@ pub struct Signal {
     pub without_it: &'static str,
     /// Whether the daemon refuses to run without it.
     pub required: bool,
+    /// Only needed when connection context lives in the fallback map (which must be cleaned
+    /// up); socket storage frees itself.
+    pub fallback_context_only: bool,
     /// Candidate hooks, best first.
     pub hooks: &'static [Hook],
 }
@@ -171,6 +174,7 @@ pub const SIGNALS: &[Signal] = &[
         name: "RST sent",
         without_it: "no local_close findings for this host's own resets",
         required: true,
+        fallback_context_only: false,
         hooks: &[
             SEND_RESET_TP,
             Hook::Fentry {
@@ -196,6 +200,7 @@ pub const SIGNALS: &[Signal] = &[
         name: "RST in reply",
         without_it: "no no_socket or bad_state findings (RSTs answering segments)",
         required: false,
+        fallback_context_only: false,
         hooks: &[
             SEND_RESET_TP,
             Hook::Fentry {
@@ -216,6 +221,7 @@ pub const SIGNALS: &[Signal] = &[
         name: "RST received",
         without_it: "no peer_reset or middlebox RST findings",
         required: true,
+        fallback_context_only: false,
         hooks: &[
             Hook::BtfTracepoint {
                 program: "tcp_receive_reset",
@@ -231,9 +237,11 @@ pub const SIGNALS: &[Signal] = &[
         ],
     },
     Signal {
-        name: "state changes",
-        without_it: "no connection lifecycle, connecting process or eviction of closed sockets",
+        name: "connection lifecycle",
+        without_it: "no connection context: connecting process, accepted or connected, \
+                     establishment, the peer's FIN, the state before close",
         required: true,
+        fallback_context_only: false,
         hooks: &[Hook::BtfTracepoint {
             program: "inet_sock_set_state",
             tracepoint: "inet_sock_set_state",
@@ -244,6 +252,7 @@ pub const SIGNALS: &[Signal] = &[
         name: "socket errors",
         without_it: "no ETIMEDOUT / ECONNREFUSED deaths (silent drops go unseen)",
         required: false,
+        fallback_context_only: false,
         hooks: &[Hook::BtfTracepoint {
             program: "inet_sk_error_report",
             tracepoint: "inet_sk_error_report",
@@ -254,6 +263,7 @@ pub const SIGNALS: &[Signal] = &[
         name: "keepalive timer",
         without_it: "no keepalive probe progress",
         required: false,
+        fallback_context_only: false,
         hooks: &[
             Hook::BtfTracepoint {
                 program: "timer_expire_entry",
@@ -272,6 +282,7 @@ pub const SIGNALS: &[Signal] = &[
         name: "send after idle",
         without_it: "no learned idle timeout (survived gaps)",
         required: false,
+        fallback_context_only: false,
         hooks: &[Hook::BtfTracepoint {
             program: "tcp_sendmsg_locked",
             tracepoint: "tcp_sendmsg_locked",
@@ -282,6 +293,7 @@ pub const SIGNALS: &[Signal] = &[
         name: "reply after idle",
         without_it: "no learned idle timeout (survived gaps)",
         required: false,
+        fallback_context_only: false,
         hooks: &[Hook::BtfTracepoint {
             program: "sock_recv_length",
             tracepoint: "sock_recv_length",
@@ -292,8 +304,20 @@ pub const SIGNALS: &[Signal] = &[
         name: "segment TTL",
         without_it: "no TTL evidence (forged RSTs cannot be told from the peer's)",
         required: false,
+        fallback_context_only: false,
         hooks: &[Hook::CgroupSkbIngress {
             program: "segment_ttl",
+        }],
+    },
+    Signal {
+        name: "context clean-up",
+        without_it: "contexts of destroyed sockets stay in the bounded map until evicted",
+        required: false,
+        fallback_context_only: true,
+        hooks: &[Hook::BtfTracepoint {
+            program: "tcp_destroy_sock",
+            tracepoint: "tcp_destroy_sock",
+            reason: TracepointReason::Unrelated,
         }],
     },
 ];

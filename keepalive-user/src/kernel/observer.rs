@@ -13,7 +13,9 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, FEntry, KProbe},
 };
-use keepalive_common::{CONFIG_GLOBAL, EVENTS_MAP, LOST_MAP, NO_ARG, ProbeConfig};
+use keepalive_common::{
+    CONFIG_GLOBAL, CONTEXT_HASH_ENTRIES, COUNTERS_MAP, EVENTS_MAP, NO_ARG, ProbeConfig, counter,
+};
 use tokio::io::{Interest, unix::AsyncFd};
 
 use super::{
@@ -85,13 +87,50 @@ pub struct LoadOptions {
     pub hooks: HookChoice,
 }
 
+/// Where the kernel side keeps each connection's context.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContextStore {
+    /// Socket-local storage: freed with the socket, no limit but memory.
+    SocketStorage,
+    /// The bounded fallback map keyed by socket cookie, because of `why`.
+    BoundedMap {
+        /// Why socket storage cannot be used.
+        why: &'static str,
+    },
+}
+
+impl ContextStore {
+    /// The start-up line's words.
+    pub fn describe(self) -> String {
+        match self {
+            Self::SocketStorage => "socket storage (freed with each socket)".to_owned(),
+            Self::BoundedMap { why } => format!(
+                "bounded map of {CONTEXT_HASH_ENTRIES} connections, the least recently used                  forgotten ({why})"
+            ),
+        }
+    }
+}
+
+/// What the kernel programs counted instead of sending.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    /// Records the ring buffer had no room for.
+    pub lost: u64,
+    /// RSTs refusing a bare SYN (closed port, scan, flood): no connection died.
+    pub syn_refusals: u64,
+    /// Connections whose context could not be created.
+    pub context_failures: u64,
+}
+
 /// The loaded, attached observer. Dropping it detaches every program.
 pub struct Observer {
     _ebpf: Ebpf,
     events: AsyncFd<RingBuf<MapData>>,
-    lost: PerCpuArray<MapData, u64>,
+    counters: PerCpuArray<MapData, u64>,
     /// What each signal got.
     pub hooks: Vec<HookOutcome>,
+    /// Where connection context is kept.
+    pub context: ContextStore,
     /// What decoding needs to know about this kernel.
     pub decode: DecodeContext,
 }
@@ -106,6 +145,7 @@ impl Observer {
         let kernel = KernelBtf::from_file(VMLINUX_BTF)?;
         let hz = kernel_hz()?;
         let keepalive_timer = symbol_address("tcp_keepalive_timer");
+        let context = context_store(options.hooks, kernel_release());
         let config = ProbeConfig {
             offsets: kernel.kernel_offsets()?,
             keepalive_timer_fn: *keepalive_timer.as_ref().unwrap_or(&0),
@@ -116,7 +156,7 @@ impl Observer {
                 .unwrap_or(u32::MAX),
             active_reset_reason_arg: reason_arg(&kernel, "tcp_send_active_reset"),
             reply_reset_reason_arg: reason_arg(&kernel, "tcp_v4_send_reset"),
-            _pad: 0,
+            context_in_map: u32::from(context != ContextStore::SocketStorage),
         };
         let mut ebpf = EbpfLoader::new()
             .override_global(CONFIG_GLOBAL, &config, true)
@@ -126,6 +166,9 @@ impl Observer {
         let mut hooks = Vec::new();
         let mut attached = BTreeSet::new();
         for signal in SIGNALS {
+            if signal.fallback_context_only && context == ContextStore::SocketStorage {
+                continue;
+            }
             let mut outcome = Err("no hook for this kernel".to_owned());
             let mut label = String::new();
             for hook in options.hooks.candidates(signal) {
@@ -167,11 +210,11 @@ impl Observer {
             name: EVENTS_MAP,
             source,
         })?;
-        let lost = ebpf
-            .take_map(LOST_MAP)
-            .ok_or(LoadError::MissingMap(LOST_MAP))?;
-        let lost = PerCpuArray::try_from(lost).map_err(|source| LoadError::Map {
-            name: LOST_MAP,
+        let counters = ebpf
+            .take_map(COUNTERS_MAP)
+            .ok_or(LoadError::MissingMap(COUNTERS_MAP))?;
+        let counters = PerCpuArray::try_from(counters).map_err(|source| LoadError::Map {
+            name: COUNTERS_MAP,
             source,
         })?;
         // SAFETY: the ring buffer owns its map's file descriptor and keeps it open, unchanged,
@@ -191,8 +234,9 @@ impl Observer {
         Ok(Self {
             _ebpf: ebpf,
             events,
-            lost,
+            counters,
             hooks,
+            context,
             decode,
         })
     }
@@ -217,12 +261,19 @@ impl Observer {
         drain(self.events.get_mut(), &mut each);
     }
 
-    /// Events the kernel could not put into the ring buffer, summed over CPUs.
-    pub fn lost_events(&self) -> u64 {
-        self.lost
-            .get(&0, 0)
-            .map(|per_cpu| per_cpu.iter().sum())
-            .unwrap_or(0)
+    /// What the kernel programs counted, summed over CPUs.
+    pub fn counters(&self) -> KernelCounters {
+        let sum = |slot: u32| {
+            self.counters
+                .get(&slot, 0)
+                .map(|per_cpu| per_cpu.iter().sum())
+                .unwrap_or(0)
+        };
+        KernelCounters {
+            lost: sum(counter::LOST),
+            syn_refusals: sum(counter::SYN_REFUSALS),
+            context_failures: sum(counter::CONTEXT_FAILURES),
+        }
     }
 }
 
@@ -361,6 +412,36 @@ pub fn cgroup2_root() -> Option<PathBuf> {
     })
 }
 
+/// First kernel whose tracing programs may use socket storage.
+const TRACING_SOCKET_STORAGE: (u32, u32) = (5, 11);
+
+/// Socket storage unless a hook that cannot reach it is forced or the kernel is too old for it.
+fn context_store(hooks: HookChoice, release: Option<(u32, u32)>) -> ContextStore {
+    if hooks == HookChoice::Only(HookKind::Kprobe) {
+        ContextStore::BoundedMap {
+            why: "kprobe programs cannot use socket storage",
+        }
+    } else if release.is_some_and(|r| r < TRACING_SOCKET_STORAGE) {
+        ContextStore::BoundedMap {
+            why: "tracing programs use socket storage from kernel 5.11",
+        }
+    } else {
+        ContextStore::SocketStorage
+    }
+}
+
+/// The running kernel's (major, minor), from `/proc/sys/kernel/osrelease`.
+fn kernel_release() -> Option<(u32, u32)> {
+    parse_release(&std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?)
+}
+
+fn parse_release(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.trim().split(['.', '-']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
 fn duration_to_jiffies(duration: Duration, hz: u32) -> u32 {
     u32::try_from(duration.as_millis() * u128::from(hz) / 1000).unwrap_or(u32::MAX)
 }
@@ -390,5 +471,24 @@ mod tests {
         assert_eq!(duration_to_jiffies(Duration::from_secs(1), 250), 250);
         assert_eq!(duration_to_jiffies(Duration::from_millis(1500), 1000), 1500);
         assert_eq!(duration_to_jiffies(Duration::ZERO, 250), 0);
+    }
+
+    #[test]
+    fn context_lives_in_socket_storage_unless_kprobes_or_an_old_kernel_forbid_it() {
+        assert_eq!(parse_release("6.18.44-cloud-amd64\n"), Some((6, 18)));
+        assert_eq!(parse_release("5.10.0-33-cloud-amd64"), Some((5, 10)));
+        assert_eq!(parse_release("garbage"), None);
+        assert_eq!(
+            context_store(HookChoice::Auto, Some((6, 1))),
+            ContextStore::SocketStorage
+        );
+        assert!(matches!(
+            context_store(HookChoice::Auto, Some((5, 10))),
+            ContextStore::BoundedMap { .. }
+        ));
+        assert!(matches!(
+            context_store(HookChoice::Only(HookKind::Kprobe), Some((6, 18))),
+            ContextStore::BoundedMap { .. }
+        ));
     }
 }

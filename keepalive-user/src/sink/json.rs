@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::{HookLine, LossReport, Sink, SinkError, StartupReport, WallClock};
 use crate::{
     correlate::Finding,
-    event::{KeepaliveState, TcpEvent},
+    event::{ConnectionContext, KeepaliveState, TcpEvent},
 };
 
 /// Writes one JSON object per line and flushes it.
@@ -61,6 +61,7 @@ pub(super) struct ReadyRecord<'a> {
     kernel: &'a str,
     hooks: Vec<HookRecord<'a>>,
     missing_signals: &'a [String],
+    context: &'a str,
 }
 
 impl<'a> ReadyRecord<'a> {
@@ -71,6 +72,7 @@ impl<'a> ReadyRecord<'a> {
             kernel: &report.kernel,
             hooks: report.hooks.iter().map(HookRecord::new).collect(),
             missing_signals: &report.missing_signals,
+            context: &report.context,
         }
     }
 }
@@ -117,12 +119,13 @@ pub(super) struct EventRecord<'a> {
     idle_tx_ms: Option<u64>,
     keepalive: Option<&'a KeepaliveState>,
     retransmits: Option<u8>,
-    ttl: Option<u8>,
     tcp_flags: Option<u8>,
     bytes: Option<i32>,
     pid: Option<u32>,
     tid: Option<u32>,
     comm: Option<&'a str>,
+    netns_cookie: u64,
+    context: Option<&'a ConnectionContext>,
 }
 
 impl<'a> EventRecord<'a> {
@@ -147,12 +150,13 @@ impl<'a> EventRecord<'a> {
             idle_tx_ms: event.idle_tx_ms,
             keepalive: event.keepalive.as_ref(),
             retransmits: event.retransmits,
-            ttl: event.ttl,
             tcp_flags: event.tcp_flags,
             bytes: event.bytes,
             pid: task.map(|t| t.pid),
             tid: task.map(|t| t.tid),
             comm: task.map(|t| t.comm.as_str()),
+            netns_cookie: event.netns_cookie,
+            context: event.context.as_ref(),
         }
     }
 }

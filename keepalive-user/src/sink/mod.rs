@@ -97,6 +97,8 @@ pub struct StartupReport {
     pub hooks: Vec<HookLine>,
     /// Signals no attached hook provides, in words (e.g. "RST received").
     pub missing_signals: Vec<String>,
+    /// Where the kernel side keeps connection context, in words.
+    pub context: String,
 }
 
 /// One hook tried at start.
@@ -145,6 +147,11 @@ impl HookStatus {
 pub struct LossReport {
     /// Events the kernel programs could not reserve in the ring buffer (it was full).
     pub kernel_lost: u64,
+    /// RSTs refusing a bare SYN (a closed port, a scan, a SYN flood), counted in the kernel
+    /// instead of sent: no connection died.
+    pub syn_refusals: u64,
+    /// Connections the kernel side could not keep a context for (their records say less).
+    pub context_failures: u64,
     /// Ring-buffer records that failed to decode.
     pub decode_errors: u64,
     /// Events emitted.
@@ -335,6 +342,7 @@ pub(crate) mod testdata {
                 },
             ],
             missing_signals: vec!["keepalive timer".into()],
+            context: "socket storage (freed with each socket)".into(),
         }
     }
 }

@@ -95,6 +95,7 @@ pub(super) fn startup_table(report: &StartupReport) -> String {
         report.missing_signals.join(", ")
     };
     let _ = writeln!(text, "missing signals: {missing}");
+    let _ = writeln!(text, "connection context: {}", report.context);
     text
 }
 
@@ -130,8 +131,24 @@ pub(super) fn event_summary(event: &TcpEvent) -> String {
     if let Some(retransmits) = event.retransmits.filter(|&n| n != 0) {
         let _ = write!(line, " retrans={retransmits}");
     }
-    if let Some(ttl) = event.ttl {
-        let _ = write!(line, " ttl={ttl}");
+    if let Some(context) = &event.context {
+        if let Some(origin) = context.origin {
+            let _ = write!(line, " {}", serde_name(&origin));
+        }
+        if let Some(ttl) = context.peer_ttl {
+            let _ = write!(line, " peer_ttl={ttl}");
+        }
+        if let Some(rst) = context.rst {
+            let _ = write!(
+                line,
+                " rst_ttl={} rst_flags={}",
+                rst.ttl,
+                tcp_flags(rst.flags)
+            );
+        }
+        if let Some(owner) = &context.owner {
+            let _ = write!(line, " owner={}/{}", owner.pid, quoted(&owner.comm));
+        }
     }
     if let Some(flags) = event.tcp_flags {
         let _ = write!(line, " flags={}", tcp_flags(flags));
@@ -206,8 +223,14 @@ pub(super) fn finding_summary(finding: &Finding) -> String {
 /// The totals on one line.
 pub(super) fn stats_summary(loss: &LossReport) -> String {
     let mut line = format!(
-        "stats: kernel_lost={} decode_errors={} events={} findings={}",
-        loss.kernel_lost, loss.decode_errors, loss.events, loss.findings
+        "stats: kernel_lost={} decode_errors={} events={} findings={} syn_refusals={} \
+         context_failures={}",
+        loss.kernel_lost,
+        loss.decode_errors,
+        loss.events,
+        loss.findings,
+        loss.syn_refusals,
+        loss.context_failures
     );
     for (kind, count) in &loss.events_by_kind {
         let _ = write!(line, " {kind}={count}");
@@ -353,6 +376,7 @@ mod tests {
              RST sent         tp_btf/tcp_send_reset       attached\n\
              keepalive timer  kprobe/tcp_keepalive_timer  unavailable: kprobes are disabled\n\
              missing signals: keepalive timer\n\
+             connection context: socket storage (freed with each socket)\n\
              ready\n"
         );
     }
@@ -368,7 +392,8 @@ mod tests {
         loss.count_finding();
         assert_eq!(
             output(|sink| sink.stats(&loss).expect("written")),
-            "stats: kernel_lost=3 decode_errors=1 events=1 findings=1 reset_sent=1\n"
+            "stats: kernel_lost=3 decode_errors=1 events=1 findings=1 syn_refusals=0 \
+             context_failures=0 reset_sent=1\n"
         );
     }
 
