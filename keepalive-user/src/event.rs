@@ -539,20 +539,62 @@ mod tests {
         raw
     }
 
-    /// The finding kind the correlator gives a reasonless RST after an ESTABLISHED → CLOSE.
+    /// The finding kind the correlator gives a reasonless RST sent after ESTABLISHED → CLOSE.
     fn kind_of(raw: &RawEvent) -> FindingKind {
         let ctx = old_kernel();
-        let mut close = *raw;
-        close.kind = EventKind::StateChange as u8;
-        close.flags &= flags::HAS_SOCK | flags::HAS_TCP;
-        close.old_state = ESTABLISHED;
+        let mut raw = *raw;
+        raw.flags |= flags::HAS_CONTEXT;
+        raw.context.state_before_close = ESTABLISHED;
         let mut correlator = Correlator::new(CorrelatorConfig::default());
-        let close = ctx.decode(&raw_bytes(&close)).unwrap();
-        assert!(correlator.on_event(&close).is_empty());
-        let reset = ctx.decode(&raw_bytes(raw)).unwrap();
+        let reset = ctx.decode(&raw_bytes(&raw)).unwrap();
         let findings = correlator.on_event(&reset);
         assert_eq!(findings.len(), 1, "{findings:?}");
         findings[0].kind
+    }
+
+    #[test]
+    fn the_context_decodes_with_the_kernels_hz() {
+        let mut raw = reasonless_reset(11, 0, 0);
+        raw.flags |= flags::HAS_CONTEXT;
+        raw.context = ConnContext {
+            established_ns: 5,
+            idle_send_ns: 9,
+            idle_send_gap: 500,
+            owner_pid: 77,
+            owner_tid: 78,
+            peer_ttl: 63,
+            rst_ttl: 64,
+            rst_flags: keepalive_common::tcp_flags::RST,
+            rst_ns: 10,
+            flags: context_flags::ACCEPTED | context_flags::FROM_HANDSHAKE,
+            state_before_close: ESTABLISHED,
+            ..ConnContext::zeroed()
+        };
+        raw.context.owner_comm[..4].copy_from_slice(b"java");
+        let context = old_kernel()
+            .decode(&raw_bytes(&raw))
+            .unwrap()
+            .context
+            .expect("context");
+        assert_eq!(context.origin, Some(Origin::Accepted));
+        assert!(context.from_handshake);
+        assert_eq!(context.established_ns, Some(5));
+        assert_eq!(
+            context.idle_send,
+            Some(IdleSend {
+                at_ns: 9,
+                gap_ms: 2000
+            })
+        );
+        assert_eq!(context.owner.map(|o| (o.pid, o.comm)), Some((77, "java".into())));
+        assert_eq!(context.peer_ttl, Some(63));
+        assert_eq!(context.rst.map(|r| (r.ttl, r.at_ns)), Some((64, 10)));
+        assert_eq!(context.peer_fin_ns, None);
+        assert_eq!(context.state_before_close, Some(TcpState::Established));
+        let without = old_kernel()
+            .decode(&raw_bytes(&reasonless_reset(12, 0, 0)))
+            .unwrap();
+        assert_eq!(without.context, None, "no HAS_CONTEXT flag, no context");
     }
 
     #[test]

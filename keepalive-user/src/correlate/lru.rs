@@ -157,7 +157,7 @@ mod tests {
         *lru.get_or_insert_with(9, || 0) += 1;
         assert_eq!(lru.len(), 3);
         assert_eq!(lru.get(&9), Some(&2));
-        assert!(!lru.contains(&0));
+        assert_eq!(lru.get(&0), None);
         assert_eq!(lru.remove(&8), Some(1));
         assert_eq!(lru.len(), 2);
     }

@@ -407,6 +407,7 @@ mod tests {
             ("MONO_NS", "245123456789"),
             ("COOKIE", "8193"),
             ("NETNS", "4026531840"),
+            ("NETNS_COOKIE", "3"),
             ("LOCAL_ADDR", "127.0.0.1:41234"),
             ("REMOTE_ADDR", "127.0.0.1:8080"),
             ("OLD_STATE", "ESTABLISHED"),

@@ -251,7 +251,8 @@ mod tests {
                     "probes_out": 0
                 },
                 "retransmits": 0,
-                "ttl": null,
+                "netns_cookie": 3,
+                "context": null,
                 "tcp_flags": null,
                 "bytes": null,
                 "pid": 1234,
@@ -326,7 +327,8 @@ mod tests {
                     {"signal": "keepalive timer", "hook": "kprobe/tcp_keepalive_timer",
                      "status": "unavailable", "why": "kprobes are disabled"}
                 ],
-                "missing_signals": ["keepalive timer"]
+                "missing_signals": ["keepalive timer"],
+                "context": "socket storage (freed with each socket)"
             })
         );
         assert_eq!(
@@ -334,6 +336,8 @@ mod tests {
             json!({
                 "type": "stats",
                 "kernel_lost": 2,
+                "syn_refusals": 0,
+                "context_failures": 0,
                 "decode_errors": 0,
                 "events": 1,
                 "findings": 0,

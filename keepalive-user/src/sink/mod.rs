@@ -281,7 +281,6 @@ pub(crate) mod testdata {
                 probes_out: 0,
             }),
             retransmits: Some(0),
-            ttl: None,
             tcp_flags: None,
             bytes: None,
             task: Some(Task {
@@ -289,6 +288,8 @@ pub(crate) mod testdata {
                 tid: 1235,
                 comm: "python3".into(),
             }),
+            netns_cookie: 3,
+            context: None,
         }
     }
 
@@ -301,6 +302,7 @@ pub(crate) mod testdata {
             "confidence": "likely",
             "cookie": 77,
             "netns": 4_026_531_840_u32,
+            "netns_cookie": 3,
             "local": "[fd6b:a1::2]:41234",
             "remote": "[fd6b:a1::1]:80",
             "pid": 4321,
@@ -421,12 +423,12 @@ mod tests {
         let mut loss = LossReport::default();
         loss.count_event(TcpEventKind::ResetSent);
         loss.count_event(TcpEventKind::ResetSent);
-        loss.count_event(TcpEventKind::StateChange);
+        loss.count_event(TcpEventKind::SocketError);
         loss.count_finding();
         assert_eq!(loss.events, 3);
         assert_eq!(loss.findings, 1);
         assert_eq!(loss.events_by_kind["reset_sent"], 2);
-        assert_eq!(loss.events_by_kind["state_change"], 1);
+        assert_eq!(loss.events_by_kind["socket_error"], 1);
         assert!(!loss.has_losses());
         loss.kernel_lost = 1;
         assert!(loss.has_losses());

@@ -301,7 +301,7 @@ fn serde_name(value: &impl Serialize) -> String {
 mod tests {
     use super::*;
     use crate::{
-        event::{TcpEventKind, TcpState},
+        event::{ConnectionContext, Origin, RstSegment, TcpEventKind, TcpState},
         sink::testdata,
     };
 
@@ -323,9 +323,9 @@ mod tests {
     }
 
     #[test]
-    fn state_change_with_keepalive_and_segment_fields() {
+    fn error_with_keepalive_segment_and_context_fields() {
         let mut event = testdata::event();
-        event.kind = TcpEventKind::StateChange;
+        event.kind = TcpEventKind::SocketError;
         event.new_state = TcpState::Close;
         event.reason = None;
         event.sk_err = Some(110);
@@ -337,8 +337,22 @@ mod tests {
             probes_out: 3,
         });
         event.retransmits = Some(2);
-        event.ttl = Some(63);
         event.tcp_flags = Some(0x12);
+        event.context = Some(ConnectionContext {
+            origin: Some(Origin::Connected),
+            peer_ttl: Some(63),
+            rst: Some(RstSegment {
+                at_ns: 1,
+                ttl: 64,
+                flags: 0x04,
+            }),
+            owner: Some(crate::event::Task {
+                pid: 7,
+                tid: 7,
+                comm: "java".into(),
+            }),
+            ..ConnectionContext::default()
+        });
         event.task = Some(crate::event::Task {
             pid: 1,
             tid: 1,
@@ -346,9 +360,10 @@ mod tests {
         });
         assert_eq!(
             event_summary(&event),
-            "state_change 127.0.0.1:41234 -> 127.0.0.1:8080 state=ESTABLISHED->CLOSE \
+            "socket_error 127.0.0.1:41234 -> 127.0.0.1:8080 state=ESTABLISHED->CLOSE \
              sk_err=110 idle_rx=12ms idle_tx=1.500s \
-             ka=on(idle=60s,intvl=sysctl,cnt=5,probes_out=3) retrans=2 ttl=63 flags=SYN|ACK \
+             ka=on(idle=60s,intvl=sysctl,cnt=5,probes_out=3) retrans=2 connected peer_ttl=63 \
+             rst_ttl=64 rst_flags=RST owner=7/java flags=SYN|ACK \
              pid=1 comm=\"Web Content\" netns=4026531840 cookie=8193"
         );
     }
