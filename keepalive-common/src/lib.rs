@@ -204,6 +204,10 @@ pub struct Event {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnContext {
+    /// When the context was created: at connect() or the accepted socket's creation, or when
+    /// a connection open before the observer started was first seen. A socket that connects
+    /// again gets a new one, which tells its new connection from the old.
+    pub born_ns: u64,
     /// When the connection reached ESTABLISHED.
     pub established_ns: u64,
     /// When this host sent after an idle gap of at least the idle floor and has had no
@@ -242,6 +246,7 @@ impl ConnContext {
     /// An empty context.
     pub const fn zeroed() -> Self {
         Self {
+            born_ns: 0,
             established_ns: 0,
             idle_send_ns: 0,
             peer_fin_ns: 0,
@@ -479,7 +484,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<ConnContext>(), 5 * 8 + 3 * 4 + 16 + 5 + 7);
+        assert_eq!(size_of::<ConnContext>(), 6 * 8 + 3 * 4 + 16 + 5 + 7);
         assert_eq!(size_of::<Event>(), 136 + size_of::<ConnContext>());
         assert_eq!(align_of::<Event>(), 8);
         assert_eq!(core::mem::offset_of!(Event, context), 136);

@@ -22,7 +22,7 @@ use keepalive_common::{
     CONTEXT_HASH_ENTRIES, ConnContext, Event, HANDSHAKE_TTL_ENTRIES, HandshakeKey, counter, flags,
 };
 
-use crate::emit::{config, count};
+use crate::emit::{config, count, now_ns};
 
 #[btf_map(name = "CONN_CONTEXT")]
 static CONN_CONTEXT: SkStorage<ConnContext> = SkStorage::new();
@@ -86,7 +86,16 @@ pub fn of_sock(
         return None;
     }
     // SAFETY: the helper returned a pointer to this socket's storage value.
-    Some(unsafe { &mut *value })
+    Some(born(unsafe { &mut *value }))
+}
+
+/// Stamps a context just created (all zero) with its birth.
+#[inline(always)]
+fn born(context: &mut ConnContext) -> &mut ConnContext {
+    if context.born_ns == 0 {
+        context.born_ns = now_ns();
+    }
+    context
 }
 
 /// The context of the socket with `cookie` in the fallback map, for pointers socket storage
@@ -117,7 +126,7 @@ pub fn by_cookie(cookie: u64, create: Create) -> Option<&'static mut ConnContext
     // SAFETY: as above.
     CONN_CONTEXT_BY_COOKIE
         .get_ptr_mut(&cookie)
-        .map(|value| unsafe { &mut *value })
+        .map(|value| born(unsafe { &mut *value }))
 }
 
 /// Forgets the fallback map's entry of a destroyed socket (socket storage frees itself).

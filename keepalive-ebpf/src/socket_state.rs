@@ -37,6 +37,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
             // connect() runs in the connecting task. A closed socket that connects again is
             // a new connection: nothing of the old one carries over.
             *context = keepalive_common::ConnContext::zeroed();
+            context.born_ns = now_ns();
             context.flags = context_flags::CONNECTED | context_flags::FROM_HANDSHAKE;
             context::set_owner(context);
         }

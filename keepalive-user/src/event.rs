@@ -257,6 +257,9 @@ pub struct ConnectionContext {
     /// The context was created at the handshake; `false` for a connection first seen after
     /// the observer started (then the handshake TTL and the establishment are unknown).
     pub from_handshake: bool,
+    /// CLOCK_MONOTONIC nanoseconds when the context was created (connect(), accept, or first
+    /// sight): a socket that connects again gets a new one.
+    pub born_ns: Option<u64>,
     /// CLOCK_MONOTONIC nanoseconds when it reached ESTABLISHED.
     pub established_ns: Option<u64>,
     /// The process that last used the socket in process context.
@@ -405,6 +408,7 @@ impl DecodeContext {
         ConnectionContext {
             origin,
             from_handshake: raw.flags & context_flags::FROM_HANDSHAKE != 0,
+            born_ns: time(raw.born_ns),
             established_ns: time(raw.established_ns),
             owner: (raw.owner_pid != 0).then(|| Task {
                 pid: raw.owner_pid,
@@ -586,7 +590,10 @@ mod tests {
                 gap_ms: 2000
             })
         );
-        assert_eq!(context.owner.map(|o| (o.pid, o.comm)), Some((77, "java".into())));
+        assert_eq!(
+            context.owner.map(|o| (o.pid, o.comm)),
+            Some((77, "java".into()))
+        );
         assert_eq!(context.peer_ttl, Some(63));
         assert_eq!(context.rst.map(|r| (r.ttl, r.at_ns)), Some((64, 10)));
         assert_eq!(context.peer_fin_ns, None);

@@ -3,9 +3,7 @@
 use std::collections::BTreeMap;
 
 use keepalive_common::{
-    Event as RawEvent, EventKind, flags,
-    tcp_flags::{ACK, RST, SYN},
-    tcp_state,
+    ConnContext, Event as RawEvent, EventKind, context_flags, flags, tcp_state,
 };
 use keepalive_observer::{
     correlate::{Correlator, CorrelatorConfig, Finding, FindingKind, KeepaliveSysctls},
@@ -81,10 +79,22 @@ impl R {
         self
     }
 
-    fn ttl(mut self, ttl: u8, tcp_flags: u8) -> Self {
-        self.0.ttl = ttl;
-        self.0.tcp_flags = tcp_flags;
-        self.0.flags = flags::FROM_SEGMENT;
+    /// The context of a connection from 198.51.100.10 whose SYN-ACK had TTL 63, used by
+    /// `app`, with `edit` applied.
+    fn context(mut self, edit: impl FnOnce(&mut ConnContext)) -> Self {
+        let mut context = ConnContext {
+            born_ns: 1,
+            established_ns: MS,
+            owner_pid: 4242,
+            owner_tid: 4242,
+            peer_ttl: 63,
+            flags: context_flags::CONNECTED | context_flags::FROM_HANDSHAKE,
+            ..ConnContext::zeroed()
+        };
+        context.owner_comm[..3].copy_from_slice(b"app");
+        edit(&mut context);
+        self.0.context = context;
+        self.0.flags |= flags::HAS_CONTEXT;
         self
     }
 
@@ -105,31 +115,44 @@ impl R {
     }
 }
 
-/// A connection that survives a 4 s gap and is reset by a forged RST after 6 s, then ticks.
+/// The records of a connection that survives a 4 s gap and is reset by a forged RST after
+/// 6 s (its context has the idle send and the RST's TTL), then ticks.
 fn forged_rst_stream() -> Vec<Result<Vec<u8>, u64>> {
-    use tcp_state::{CLOSE, ESTABLISHED, SYN_SENT};
+    use tcp_state::{CLOSE, ESTABLISHED};
+    let idle_send = |at_ms: u64, gap_ms: u64| {
+        move |c: &mut ConnContext| {
+            c.idle_send_ns = at_ms * MS;
+            c.idle_send_gap = u32::try_from(gap_ms * u64::from(HZ) / 1000).expect("small");
+        }
+    };
     let mut stream = vec![
-        raw(EventKind::StateChange, 1, 0)
-            .states(CLOSE, SYN_SENT)
-            .task(),
-        raw(EventKind::SegmentTtl, 1, 1).ttl(63, SYN | ACK),
-        raw(EventKind::StateChange, 1, 1).states(SYN_SENT, ESTABLISHED),
-        raw(EventKind::IdleSend, 1, 4000).idle(4000).task(),
-        raw(EventKind::ReplyAfterIdle, 1, 4001).task(),
+        raw(EventKind::ReplyAfterIdle, 1, 4001)
+            .task()
+            .context(idle_send(4000, 4000)),
     ]
     .into_iter()
     .map(|r| Ok(r.bytes()))
     .collect::<Vec<_>>();
     stream.push(Err(5000 * MS));
+    let rst = |c: &mut ConnContext| {
+        idle_send(10_000, 6000)(c);
+        c.rst_ttl = 64;
+        c.rst_flags = keepalive_common::tcp_flags::RST;
+        c.rst_ns = 10_001 * MS;
+    };
     stream.extend(
         [
-            raw(EventKind::IdleSend, 1, 10_000).idle(6000).task(),
-            raw(EventKind::SegmentTtl, 1, 10_001).ttl(64, RST),
-            raw(EventKind::ResetReceived, 1, 10_001).idle(6000),
-            raw(EventKind::StateChange, 1, 10_001).states(ESTABLISHED, CLOSE),
+            raw(EventKind::ResetReceived, 1, 10_001)
+                .idle(6000)
+                .context(rst),
             raw(EventKind::SocketError, 1, 10_001)
                 .states(CLOSE, CLOSE)
-                .err(104),
+                .idle(6000)
+                .err(104)
+                .context(|c| {
+                    rst(c);
+                    c.state_before_close = ESTABLISHED;
+                }),
         ]
         .into_iter()
         .map(|r| Ok(r.bytes())),
@@ -184,7 +207,7 @@ fn a_recording_replays_to_the_same_items() {
     let text = String::from_utf8(recording.clone()).expect("utf-8");
     let first = text.lines().next().expect("a header line");
     assert!(
-        first.starts_with(r#"{"type":"header","version":1,"decode":{"hz":250,"#),
+        first.starts_with(r#"{"type":"header","version":2,"decode":{"hz":250,"#),
         "{first}"
     );
     assert!(first.contains(r#""keepalive_sysctls":{"tcp_keepalive_time":600,"#));
@@ -255,7 +278,7 @@ fn longer_records_are_cut_to_the_event_and_short_ones_refused() {
         err,
         RecordError::Record(DecodeError::Truncated {
             got: 100,
-            expected: 128
+            expected: 224
         })
     ));
     let (_, items) = replay_all(&recorder.into_inner());
@@ -270,7 +293,7 @@ fn longer_records_are_cut_to_the_event_and_short_ones_refused() {
 fn header_line() -> String {
     serde_json::to_string(&serde_json::json!({
         "type": "header",
-        "version": 1,
+        "version": FORMAT_VERSION,
         "decode": context(),
         "keepalive_sysctls": KeepaliveSysctls::default(),
         "idle_expiry_floor_ms": 30_000,
@@ -330,12 +353,24 @@ fn header_errors_name_the_line() {
             .starts_with("line 2: expected the header first")
     );
 
-    let future = header_line().replace(r#""version":1"#, r#""version":2"#);
+    let future = header_line().replace(r#""version":2"#, r#""version":3"#);
     let err = Replay::new(future.as_bytes()).expect_err("future version");
-    assert!(matches!(err, ReplayError::UnknownVersion { line: 1, ref found } if found == "2"));
-    assert!(err.to_string().contains("unknown recording version 2"));
+    assert!(matches!(err, ReplayError::UnknownVersion { line: 1, ref found } if found == "3"));
+    assert!(err.to_string().contains("unknown recording version 3"));
 
-    let unversioned = header_line().replace(r#""version":1,"#, "");
+    let older = header_line().replace(r#""version":2"#, r#""version":1"#);
+    let err = Replay::new(older.as_bytes()).expect_err("older version");
+    assert!(matches!(
+        err,
+        ReplayError::OlderVersion { line: 1, found: 1 }
+    ));
+    assert!(
+        err.to_string()
+            .contains("format version 1, made by an older keepalive-observer"),
+        "{err}"
+    );
+
+    let unversioned = header_line().replace(r#""version":2,"#, "");
     let err = Replay::new(unversioned.as_bytes()).expect_err("no version");
     assert!(matches!(err, ReplayError::UnknownVersion { ref found, .. } if found == "(missing)"));
 
@@ -352,7 +387,7 @@ fn header_errors_name_the_line() {
 fn bad_lines_are_reported_and_skipped() {
     let good = raw(EventKind::KeepaliveTimer, 9, 5).bytes();
     let mut unknown_kind = good.clone();
-    unknown_kind[24] = 99;
+    unknown_kind[std::mem::offset_of!(RawEvent, kind)] = 99;
     let text = [
         header_line(),
         "{\"type\":\"raw\"".to_owned(),
@@ -377,7 +412,7 @@ fn bad_lines_are_reported_and_skipped() {
     assert!(errors[0].starts_with("line 2: bad JSON"), "{}", errors[0]);
     assert_eq!(errors[1], "line 3: bad hex in data at byte 1");
     assert_eq!(errors[2], "line 4: bad hex in data at byte 3");
-    assert_eq!(errors[3], "line 5: record has 64 bytes, expected 128");
+    assert_eq!(errors[3], "line 5: record has 64 bytes, expected 224");
     assert_eq!(errors[4], "line 6: unknown event kind 99");
     assert_eq!(errors[5], "line 7: a header after the first line");
     assert!(errors[6].starts_with("line 8: bad JSON"), "{}", errors[6]);

@@ -1,6 +1,12 @@
-//! The correlator's rules, from constructed event streams in the order the kernel emits them.
+//! The correlator's rules, from constructed streams in the order the kernel runs its hooks.
+//!
+//! The kernel side sends only deciding records, each with the connection's context; the
+//! hooks in between (state changes, segments, idle sends) only fill that context. The streams
+//! here say what happened hook by hook, as before, and [`Kernel`] plays the kernel side's
+//! part: it keeps each socket's context as `keepalive-ebpf` does and attaches it to the
+//! records that cross, which are all the correlator sees.
 
-use std::net::SocketAddr;
+use std::{collections::HashMap, net::SocketAddr};
 
 use keepalive_common::tcp_flags::{ACK, RST, SYN};
 use keepalive_observer::{
@@ -8,10 +14,14 @@ use keepalive_observer::{
         Confidence, Correlator, CorrelatorConfig, Finding, FindingKind, KeepaliveSummary,
         KeepaliveSysctls, SysctlError, Verdict, Window,
     },
-    event::{KeepaliveState, ResetReason, Task, TcpEvent, TcpEventKind, TcpState},
+    event::{
+        ConnectionContext, IdleSend, KeepaliveState, Origin, ResetReason, RstSegment, Task,
+        TcpEvent, TcpEventKind, TcpState,
+    },
 };
 
 const NETNS: u32 = 4_026_531_840;
+const NETNS_COOKIE: u64 = 1;
 const MS: u64 = 1_000_000;
 const LOCAL: &str = "198.51.100.10:40000";
 const REMOTE: &str = "198.51.100.130:8080";
@@ -21,38 +31,75 @@ fn addr(text: &str) -> SocketAddr {
     text.parse().expect("test address")
 }
 
-/// Builds one event: a full TCP socket in ESTABLISHED with keepalive off, unless told otherwise.
-#[derive(Clone)]
-struct B(TcpEvent);
+/// What a hook saw: a record that crosses the ring buffer, or a hook that only fills the
+/// connection's context.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum K {
+    ResetSent,
+    ResetReceived,
+    KeepaliveTimer,
+    SocketError,
+    ReplyAfterIdle,
+    /// `inet_sock_set_state`.
+    StateChange,
+    /// The cgroup_skb program seeing a SYN, SYN-ACK or RST.
+    SegmentTtl,
+    /// `tcp_sendmsg_locked` after an idle gap.
+    IdleSend,
+}
 
-fn ev(kind: TcpEventKind, cookie: u64, at_ms: u64) -> B {
-    B(TcpEvent {
-        mono_ns: at_ms * MS,
+impl K {
+    fn record(self) -> Option<TcpEventKind> {
+        Some(match self {
+            Self::ResetSent => TcpEventKind::ResetSent,
+            Self::ResetReceived => TcpEventKind::ResetReceived,
+            Self::KeepaliveTimer => TcpEventKind::KeepaliveTimer,
+            Self::SocketError => TcpEventKind::SocketError,
+            Self::ReplyAfterIdle => TcpEventKind::ReplyAfterIdle,
+            Self::StateChange | Self::SegmentTtl | Self::IdleSend => return None,
+        })
+    }
+}
+
+/// Builds one hook firing: a full TCP socket in ESTABLISHED with keepalive off, unless told
+/// otherwise.
+#[derive(Clone)]
+struct B(TcpEvent, K, Option<u8>);
+
+fn ev(kind: K, cookie: u64, at_ms: u64) -> B {
+    let record = kind.record().unwrap_or(TcpEventKind::KeepaliveTimer);
+    B(
+        TcpEvent {
+            mono_ns: at_ms * MS,
+            kind: record,
+            cookie,
+            netns: NETNS,
+            netns_cookie: NETNS_COOKIE,
+            local: addr(LOCAL),
+            remote: addr(REMOTE),
+            old_state: TcpState::Established,
+            new_state: TcpState::Established,
+            reason: None,
+            reset_facts: None,
+            sk_err: None,
+            idle_rx_ms: Some(0),
+            idle_tx_ms: Some(0),
+            keepalive: Some(KeepaliveState {
+                enabled: false,
+                idle_ms: None,
+                interval_ms: None,
+                count: None,
+                probes_out: 0,
+            }),
+            retransmits: Some(0),
+            tcp_flags: None,
+            bytes: None,
+            task: None,
+            context: None,
+        },
         kind,
-        cookie,
-        netns: NETNS,
-        local: addr(LOCAL),
-        remote: addr(REMOTE),
-        old_state: TcpState::Established,
-        new_state: TcpState::Established,
-        reason: None,
-        reset_facts: None,
-        sk_err: None,
-        idle_rx_ms: Some(0),
-        idle_tx_ms: Some(0),
-        keepalive: Some(KeepaliveState {
-            enabled: false,
-            idle_ms: None,
-            interval_ms: None,
-            count: None,
-            probes_out: 0,
-        }),
-        retransmits: Some(0),
-        ttl: None,
-        tcp_flags: None,
-        bytes: None,
-        task: None,
-    })
+        None,
+    )
 }
 
 impl B {
@@ -110,7 +157,7 @@ impl B {
     }
 
     fn ttl(mut self, ttl: u8, flags: u8) -> Self {
-        self.0.ttl = Some(ttl);
+        self.2 = Some(ttl);
         self.0.tcp_flags = Some(flags);
         self
     }
@@ -145,19 +192,115 @@ impl B {
         self
     }
 
-    /// A segment seen by the ingress program: no TCP fields and no namespace.
-    fn segment(mut self, ttl: u8, flags: u8) -> Self {
-        self.0.netns = 0;
+    /// A segment seen by the ingress program.
+    fn segment(self, ttl: u8, flags: u8) -> Self {
         self.no_tcp().ttl(ttl, flags)
     }
 }
 
-use TcpEventKind::*;
+use K::*;
 use TcpState::*;
 
-/// A correlator and everything it reported.
+/// The kernel side's part: each socket's context as `keepalive-ebpf` keeps it.
+#[derive(Default)]
+struct Kernel {
+    contexts: HashMap<u64, ConnectionContext>,
+    /// SYN TTLs by (local, remote) until the accepted socket appears.
+    handshake_ttls: HashMap<(SocketAddr, SocketAddr), u8>,
+}
+
+impl Kernel {
+    /// Runs one hook: a record that crosses is returned with the context attached.
+    fn hook(&mut self, b: B) -> Option<TcpEvent> {
+        let B(mut ev, kind, ttl) = b;
+        let at = ev.mono_ns;
+        match kind {
+            StateChange => self.state_change(&ev),
+            SegmentTtl => {
+                let (ttl, flags) = (ttl?, ev.tcp_flags?);
+                if flags & RST != 0 {
+                    self.context(ev.cookie, at).rst = Some(RstSegment {
+                        at_ns: at,
+                        ttl,
+                        flags,
+                    });
+                } else if flags & ACK != 0 {
+                    self.context(ev.cookie, at).peer_ttl = Some(ttl);
+                } else {
+                    self.handshake_ttls.insert((ev.local, ev.remote), ttl);
+                }
+            }
+            IdleSend => {
+                let gap_ms = ev.idle_rx_ms?.min(ev.idle_tx_ms?);
+                let context = self.context(ev.cookie, at);
+                if let Some(task) = ev.task.clone() {
+                    context.owner = Some(task);
+                }
+                context
+                    .idle_send
+                    .get_or_insert(IdleSend { at_ns: at, gap_ms });
+            }
+            _ => {
+                ev.context = self.contexts.get(&ev.cookie).cloned();
+                if kind == ReplyAfterIdle
+                    && let Some(context) = self.contexts.get_mut(&ev.cookie)
+                {
+                    context.idle_send = None;
+                }
+                return Some(ev);
+            }
+        }
+        None
+    }
+
+    fn context(&mut self, cookie: u64, at_ns: u64) -> &mut ConnectionContext {
+        self.contexts
+            .entry(cookie)
+            .or_insert_with(|| ConnectionContext {
+                born_ns: Some(at_ns),
+                ..ConnectionContext::default()
+            })
+    }
+
+    fn state_change(&mut self, ev: &TcpEvent) {
+        let (old, new, at) = (ev.old_state, ev.new_state, ev.mono_ns);
+        if new == Listen || (old == Listen && new == Close) {
+            return;
+        }
+        let ttl = self.handshake_ttls.remove(&(ev.local, ev.remote));
+        let context = self.context(ev.cookie, at);
+        match (old, new) {
+            (Close, SynSent) => {
+                *context = ConnectionContext {
+                    origin: Some(Origin::Connected),
+                    from_handshake: true,
+                    born_ns: Some(at),
+                    owner: ev.task.clone(),
+                    ..ConnectionContext::default()
+                };
+            }
+            (Listen, SynRecv) => {
+                context.origin = Some(Origin::Accepted);
+                context.from_handshake = true;
+                context.peer_ttl = ttl;
+            }
+            (_, Established) => context.established_ns = Some(at),
+            (Established, CloseWait) => context.peer_fin_ns = Some(at),
+            (Established, FinWait1) | (CloseWait, LastAck) => {
+                if let Some(task) = ev.task.clone() {
+                    context.owner = Some(task);
+                }
+            }
+            (_, Close) => context.state_before_close = Some(old),
+            _ => {}
+        }
+    }
+}
+
+/// A correlator, the kernel side in front of it, and everything it reported.
 struct Run {
     c: Correlator,
+    kernel: Kernel,
     findings: Vec<Finding>,
 }
 
@@ -169,13 +312,16 @@ impl Run {
     fn with(config: CorrelatorConfig) -> Self {
         Self {
             c: Correlator::new(config),
+            kernel: Kernel::default(),
             findings: Vec::new(),
         }
     }
 
     fn feed(&mut self, b: B) -> &mut Self {
-        let found = self.c.on_event(&b.0);
-        self.findings.extend(found);
+        if let Some(record) = self.kernel.hook(b) {
+            let found = self.c.on_event(&record);
+            self.findings.extend(found);
+        }
         self
     }
 
@@ -380,7 +526,7 @@ fn no_socket_reply_is_reported_per_rst() {
     );
     assert_eq!((f.pid, f.keepalive.as_ref()), (None, None));
     assert!(f.advice.contains(REMOTE), "{}", f.advice);
-    assert_eq!(run.c.stats().connections, 0);
+    assert_eq!(run.c.stats().recent, 0);
 }
 
 #[test]
@@ -434,7 +580,7 @@ fn listener_and_time_wait_replies_are_no_socket() {
         ]
     );
     assert!(has(&run.findings[0], "only a listener matched"));
-    assert_eq!(run.c.stats().connections, 0);
+    assert_eq!(run.c.stats().recent, 0);
     assert_eq!(run.c.stats().remotes, 0);
 }
 
@@ -524,7 +670,7 @@ fn server_side_peer_ttl_comes_from_the_listeners_syn() {
         (f.kind, f.rst_ttl, f.peer_ttl),
         (FindingKind::ForgedRst, Some(64), Some(63))
     );
-    assert_eq!(run.c.stats().handshake_ttls, 0);
+    assert!(run.kernel.handshake_ttls.is_empty());
 }
 
 #[test]
@@ -559,7 +705,7 @@ fn accepted_connections_do_not_fill_the_remote_table() {
                 .app(),
         );
     }
-    assert_eq!(run.c.stats().connections, 20);
+    assert_eq!(run.c.stats().recent, 0);
     assert_eq!(run.c.stats().remotes, 0);
     assert!(run.findings.is_empty());
 }
@@ -578,7 +724,9 @@ fn an_answered_idle_send_is_not_blamed_for_a_later_death() {
 #[test]
 fn peer_ttl_falls_back_to_another_connections_handshake() {
     let mut run = Run::new();
+    // Connection 1's reply after idle carries its handshake TTL to the correlator.
     run.connect(1, 0, 63)
+        .survive(1, 300, 200)
         .feed(ev(KeepaliveTimer, 2, 500).local("198.51.100.10:40001"))
         .rst(2, 1000, 900, Some(64));
     let f = run.only();
@@ -659,7 +807,7 @@ fn keepalive_shorter_than_the_gap_is_no_middlebox_finding() {
         f,
         "keepalive idle 10 s is shorter than the 40000 ms gap"
     ));
-    assert_eq!(run.c.timeout_window(NETNS, addr(REMOTE)), None);
+    assert_eq!(run.c.timeout_window(NETNS_COOKIE, addr(REMOTE)), None);
 }
 
 #[test]
@@ -776,6 +924,7 @@ fn rst_answering_our_syn_is_refused_once() {
 fn refused_with_a_known_peer_ttl_is_confirmed() {
     let mut run = Run::new();
     run.connect(1, 0, 63)
+        .survive(1, 5, 4)
         .feed(ev(StateChange, 2, 10).states(Close, SynSent).app())
         .feed(ev(SegmentTtl, 2, 11).segment(63, RST | ACK))
         .feed(ev(ResetReceived, 2, 11).state(SynSent));
@@ -894,6 +1043,7 @@ fn etimedout_after_an_idle_send_is_a_silent_timeout_that_teaches_the_window() {
         .feed(
             ev(SocketError, 1, 27_000)
                 .state(Close)
+                .idle(21_000)
                 .err(110)
                 .retransmits(6),
         );
@@ -935,11 +1085,9 @@ fn a_normal_fin_close_is_no_finding() {
         .feed(ev(StateChange, 1, 4000).states(Established, FinWait1).app())
         .feed(ev(StateChange, 1, 4001).states(FinWait1, FinWait2))
         .feed(ev(StateChange, 1, 4002).states(FinWait2, Close));
-    assert_eq!(run.c.stats().closing, 1);
+    assert_eq!(run.c.stats().recent, 0, "a clean close sends nothing");
     run.tick(10_000);
     assert!(run.findings.is_empty(), "{:#?}", run.findings);
-    assert_eq!(run.c.stats().closing, 0);
-    assert_eq!(run.c.stats().connections, 0);
 }
 
 #[test]
@@ -1006,16 +1154,22 @@ fn a_held_peer_reset_is_reported_when_the_grace_ends() {
 #[test]
 fn a_held_peer_reset_is_reported_when_its_connection_is_evicted() {
     let mut run = Run::with(CorrelatorConfig {
-        max_connections: 1,
+        max_recent: 1,
         ..CorrelatorConfig::default()
     });
     run.connect(1, 0, 63)
         .feed(ev(StateChange, 1, 100).states(Established, FinWait1).app())
         .feed(ev(ResetReceived, 1, 200).state(FinWait1));
     assert!(run.findings.is_empty());
-    run.connect(2, 300, 63);
+    // Another death pushes the held one out of the table: it is reported then.
+    run.connect(2, 300, 63).feed(
+        ev(ResetSent, 2, 400)
+            .state(Close)
+            .reason("TCP_ABORT_ON_CLOSE"),
+    );
+    assert_eq!(run.findings.len(), 2);
     assert_eq!(
-        (run.only().cookie, run.only().kind),
+        (run.findings[0].cookie, run.findings[0].kind),
         (1, FindingKind::PeerAbort)
     );
 }
@@ -1064,13 +1218,13 @@ fn sleep_ladder_learns_the_window() {
         f.advice
     );
     assert_eq!(
-        run.c.timeout_window(NETNS, addr(REMOTE)),
+        run.c.timeout_window(NETNS_COOKIE, addr(REMOTE)),
         Some(Window {
             lo_ms: 4000,
             hi_ms: 6000
         })
     );
-    assert_eq!(run.c.timeout_window(NETNS + 1, addr(REMOTE)), None);
+    assert_eq!(run.c.timeout_window(NETNS_COOKIE + 1, addr(REMOTE)), None);
     let json = serde_json::to_value(f).expect("finding serializes");
     assert_eq!(json["timeout_window_ms"], serde_json::json!([4000, 6000]));
     assert_eq!(json["verdict"], "middlebox_drop");
@@ -1102,14 +1256,14 @@ fn a_contradicting_survival_resets_the_window() {
         .feed(ev(IdleSend, 1, 10_000).idle(6000).app())
         .rst(1, 10_001, 6001, None);
     assert_eq!(
-        run.c.timeout_window(NETNS, addr(REMOTE)),
+        run.c.timeout_window(NETNS_COOKIE, addr(REMOTE)),
         Some(Window {
             lo_ms: 4000,
             hi_ms: 6000
         })
     );
     run.survive(2, 20_000, 8000);
-    assert_eq!(run.c.timeout_window(NETNS, addr(REMOTE)), None);
+    assert_eq!(run.c.timeout_window(NETNS_COOKIE, addr(REMOTE)), None);
     run.feed(ev(IdleSend, 3, 40_000).idle(9000).app())
         .rst(3, 40_001, 9001, None);
     assert_eq!(run.findings.len(), 2);
@@ -1172,41 +1326,51 @@ fn keepalive_summary_fills_in_the_sysctls() {
 }
 
 #[test]
-fn the_connection_table_stays_within_its_cap() {
-    let mut run = Run::with(CorrelatorConfig {
-        max_connections: 4,
-        max_closing: 2,
-        ..CorrelatorConfig::default()
-    });
-    for cookie in 1..=10 {
-        run.connect(cookie, cookie, 63);
+fn healthy_connections_leave_nothing_in_the_correlator() {
+    let mut run = Run::new();
+    for cookie in 1..=100 {
+        run.connect(cookie, cookie, 63)
+            .feed(
+                ev(StateChange, cookie, cookie + 1)
+                    .states(Established, FinWait1)
+                    .app(),
+            )
+            .feed(ev(StateChange, cookie, cookie + 2).states(FinWait2, Close));
     }
     let stats = run.c.stats();
-    assert_eq!((stats.connections, stats.evicted_connections), (4, 6));
-    for cookie in 7..=10 {
-        run.feed(ev(StateChange, cookie, 100).states(Established, Close));
-    }
-    let stats = run.c.stats();
-    assert_eq!(
-        (stats.connections, stats.closing, stats.evicted_closing),
-        (0, 2, 2)
-    );
+    assert_eq!((stats.recent, stats.remotes, stats.hosts), (0, 0, 0));
     assert!(run.findings.is_empty());
 }
 
 #[test]
-fn evicted_connections_still_get_one_finding() {
+fn the_recent_table_stays_within_its_cap_and_each_death_is_reported_once() {
     let mut run = Run::with(CorrelatorConfig {
-        max_connections: 1,
+        max_recent: 2,
         ..CorrelatorConfig::default()
     });
-    run.connect(1, 0, 63)
-        .connect(2, 0, 63)
-        .rst(1, 1000, 900, Some(63));
-    let f = run.only();
-    assert_eq!(f.cookie, 1);
-    // Connection 1's own handshake was forgotten; the host's TTL still applies.
+    for cookie in 1..=10 {
+        run.connect(cookie, 0, 63).rst(cookie, 1000, 900, Some(63));
+    }
+    let stats = run.c.stats();
+    assert_eq!((stats.recent, stats.evicted_recent), (2, 8));
+    assert_eq!(run.findings.len(), 10);
+    // A trailing error report of a forgotten death is a duplicate the rules recognise.
+    run.tick(10_000);
+    assert_eq!(run.c.stats().recent, 0);
+}
+
+#[test]
+fn a_connection_opened_before_the_observer_gets_the_hosts_handshake_ttl() {
+    let mut run = Run::new();
+    run.connect(1, 0, 63).rst(1, 1000, 900, Some(63));
+    // Connection 2 was open before the observer started: no handshake of its own.
+    run.feed(ev(SegmentTtl, 2, 2000).segment(63, RST))
+        .feed(ev(ResetReceived, 2, 2000).idle(900));
+    assert_eq!(run.findings.len(), 2);
+    let f = &run.findings[1];
+    assert_eq!(f.cookie, 2);
     assert_eq!(f.peer_ttl, Some(63));
+    assert!(has(f, "peer TTL from another connection's handshake"));
 }
 
 #[test]

@@ -21,6 +21,8 @@ pub(super) struct Conn {
     /// The process that last used the socket in process context.
     pub owner: Option<Task>,
     pub established_ns: Option<u64>,
+    /// When the kernel side created the connection's context.
+    pub born_ns: Option<u64>,
     /// Last state seen.
     pub state: TcpState,
     /// Accepted from a listener: the remote is a client's ephemeral port.
@@ -59,6 +61,7 @@ impl Conn {
             remote: ev.remote,
             owner: context.and_then(|c| c.owner.clone()),
             established_ns: context.and_then(|c| c.established_ns),
+            born_ns: context.and_then(|c| c.born_ns),
             state: ev.new_state,
             passive: context.and_then(|c| c.origin) == Some(Origin::Accepted),
             peer_ttl: context.and_then(|c| c.peer_ttl),
@@ -76,8 +79,8 @@ impl Conn {
     /// Whether `ev` is about a later connection of the same socket (a closed socket that
     /// connected again keeps its cookie).
     pub(super) fn is_succeeded_by(&self, ev: &TcpEvent) -> bool {
-        let established = ev.context.as_ref().and_then(|c| c.established_ns);
-        matches!((self.established_ns, established), (Some(a), Some(b)) if a != b)
+        let born = ev.context.as_ref().and_then(|c| c.born_ns);
+        matches!((self.born_ns, born), (Some(a), Some(b)) if a != b)
     }
 
     /// Takes what any record tells about the connection.
