@@ -12,10 +12,15 @@ fn main() -> anyhow::Result<()> {
         .exec()
         .context("MetadataCommand::exec")?;
     // The eBPF nightly is pinned in the root Cargo.toml, which `cargo xtask setup` reads too.
-    println!("cargo:rerun-if-changed={}", workspace_root.join("Cargo.toml"));
+    println!(
+        "cargo:rerun-if-changed={}",
+        workspace_root.join("Cargo.toml")
+    );
     let ebpf_toolchain = workspace_metadata["toolchains"]["ebpf"]
         .as_str()
-        .ok_or_else(|| anyhow!("the root Cargo.toml has no [workspace.metadata.toolchains] ebpf"))?;
+        .ok_or_else(|| {
+            anyhow!("the root Cargo.toml has no [workspace.metadata.toolchains] ebpf")
+        })?;
     let ebpf_package = packages
         .into_iter()
         .find(|cargo_metadata::Package { name, .. }| name.as_str() == "keepalive-ebpf")

@@ -6,8 +6,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use keepalive_lab::interrupt;
 
+use crate::daemon::Daemon;
 use crate::load::{self, Outcome};
-use crate::procs::{Bpftrace, Daemon};
+use crate::procs::Bpftrace;
 use crate::{Settings, Tools, host};
 
 /// Observer modes of the churn workload.

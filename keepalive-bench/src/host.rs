@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use keepalive_lab::interrupt;
-use keepalive_lab::{output, workspace};
+use keepalive_lab::{interrupt, output, workspace};
 
 /// Sleeps up to `duration`, in short steps, returning early when stopping.
 pub fn sleep(duration: Duration) {

@@ -4,9 +4,11 @@
 use std::time::Duration;
 
 use anyhow::Result;
+use keepalive_lab::daemon::Stats;
 use keepalive_lab::interrupt;
 
-use crate::procs::{Daemon, DaemonStats, IdleHolders};
+use crate::daemon::Daemon;
+use crate::procs::IdleHolders;
 use crate::{Settings, Tools, bpf, host};
 
 /// Workload 4 results.
@@ -20,7 +22,7 @@ pub struct Idle {
     pub peak_rss_kib: u64,
     /// (map name, bytes of locked memory).
     pub maps: Vec<(String, u64)>,
-    pub daemon: DaemonStats,
+    pub daemon: Stats,
 }
 
 /// How long the idle connections may take to open.
@@ -57,7 +59,7 @@ pub fn run(settings: &Settings, tools: &Tools) -> Result<Idle> {
         rss_kib,
         peak_rss_kib,
         maps,
-        daemon: DaemonStats::default(),
+        daemon: Stats::default(),
     };
     drop(holders);
     host::wait_until_idle(pid, Duration::from_millis(300), Duration::from_secs(30))?;

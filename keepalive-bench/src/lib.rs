@@ -13,6 +13,7 @@
 
 mod bpf;
 mod churn;
+mod daemon;
 mod hold;
 mod host;
 mod idle;
@@ -32,9 +33,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use keepalive_lab::{interrupt, is_root, workspace};
 
+use self::daemon::Daemon;
 pub use self::hold::{HoldArgs, hold};
 use self::host::{Machine, Tracefs};
-use self::procs::Daemon;
 
 /// Measure overhead and throughput on loopback, with and without observers (root).
 #[derive(Parser, Debug)]

@@ -9,10 +9,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use keepalive_lab::interrupt;
 
 use crate::host;
 use crate::net::{self, SERVER};
-use keepalive_lab::interrupt;
 
 /// Bytes of a request and of its reply.
 const MESSAGE: usize = 64;

@@ -7,8 +7,8 @@ use anyhow::Result;
 use keepalive_lab::interrupt;
 
 use crate::bpf::{self, EmptySkb, RunTime, StatsEnabled};
+use crate::daemon::Daemon;
 use crate::load::{self, Outcome};
-use crate::procs::Daemon;
 use crate::{Settings, Tools};
 
 /// Workload 3 results: run time per program and workload.

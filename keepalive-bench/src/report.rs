@@ -9,9 +9,10 @@ use self::goals::{Row, churn_rows, idle_rows, program_rows, storm_rows};
 use crate::Settings;
 use crate::bpf::RunTime;
 use crate::churn::{Churn, Mode};
+use crate::daemon::Daemon;
 use crate::host::Machine;
 use crate::idle::Idle;
-use crate::procs::{Daemon, TRACEPOINTS};
+use crate::procs::TRACEPOINTS;
 use crate::programs::{Programs, STREAM_EMPTY_FIRST, STREAM_EMPTY_SECOND};
 use crate::storm::Storm;
 
@@ -120,7 +121,7 @@ impl Results {
             s.program_duration.as_secs_f64(),
             s.idle_connections
         );
-        let _ = writeln!(out, "| daemon flags | `{}` |", Daemon::ARGS.join(" "));
+        let _ = writeln!(out, "| daemon flags | `{}` |", Daemon::flags());
         let _ = writeln!(out, "| daemon hooks | {} |", m.daemon_hooks.join("<br>"));
         let tracepoints: Vec<String> = TRACEPOINTS
             .iter()

@@ -3,10 +3,11 @@
 use std::time::Duration;
 
 use anyhow::Result;
+use keepalive_lab::daemon::Stats;
 use keepalive_lab::interrupt;
 
+use crate::daemon::Daemon;
 use crate::load::{self, Outcome};
-use crate::procs::{Daemon, DaemonStats};
 use crate::{Settings, Tools, host};
 
 /// Workload 2 results: the daemon at its default priority, then at [`STORM_NICE`].
@@ -20,7 +21,7 @@ pub struct Storm {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StormRun {
     pub resets: Outcome,
-    pub daemon: DaemonStats,
+    pub daemon: Stats,
     pub daemon_cpu: Duration,
     pub peak_rss_kib: u64,
 }

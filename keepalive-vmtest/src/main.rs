@@ -4,7 +4,6 @@
 //! event tests happen on loopback and checks the daemon's events and findings. It prints one
 //! line per check and exits 0 only when all passed.
 
-mod daemon;
 mod scenarios;
 
 use std::{
@@ -15,12 +14,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
+use keepalive_lab::daemon::{Daemon, Launch};
 use serde_json::Value;
 
-use crate::{
-    daemon::Daemon,
-    scenarios::{Expect, keepalive_timeout, linger_zero, no_socket, unread_data},
-};
+use crate::scenarios::{Expect, keepalive_timeout, linger_zero, no_socket, unread_data};
 
 /// Loading and verifying every program under software emulation takes a while.
 const READY_WITHIN: Duration = Duration::from_secs(180);
@@ -98,8 +95,12 @@ fn run() -> Result<bool> {
     let (mut passed, mut failed) = (0, 0);
     for choice in &args.choices {
         let started = Instant::now();
-        let (mut daemon, ready) = match Daemon::start(&args.daemon, choice, READY_WITHIN) {
-            Ok(started) => started,
+        let launch = Launch::new(&args.daemon)
+            .args(["--hooks", choice.as_str(), "--stats-interval", "0"])
+            .ready_timeout(READY_WITHIN)
+            .stop_timeout(STOP_GRACE);
+        let mut daemon = match launch.start() {
+            Ok(daemon) => daemon,
             Err(error) => {
                 println!("vmtest[{choice}] start: FAIL: {error:#}");
                 failed += 1;
@@ -110,7 +111,7 @@ fn run() -> Result<bool> {
             "vmtest[{choice}] ready after {:.1} s",
             started.elapsed().as_secs_f64()
         );
-        let replies = match check_hooks(choice, &ready, reasons) {
+        let replies = match check_hooks(choice, daemon.ready(), reasons) {
             Ok(replies) => {
                 passed += 1;
                 replies
@@ -138,11 +139,14 @@ fn run() -> Result<bool> {
                 }
             }
         }
-        match daemon.stop(STOP_GRACE) {
-            Ok(status) if status.success() => passed += 1,
-            Ok(status) => {
+        match daemon.stop() {
+            Ok(stopped) if stopped.status.success() => passed += 1,
+            Ok(stopped) => {
                 failed += 1;
-                println!("vmtest[{choice}] stop: FAIL: exit status {status}");
+                println!(
+                    "vmtest[{choice}] stop: FAIL: exit status {}",
+                    stopped.status
+                );
             }
             Err(error) => {
                 failed += 1;

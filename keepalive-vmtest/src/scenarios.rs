@@ -11,10 +11,9 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
+use keepalive_lab::daemon::{Daemon, is_event, is_finding};
 use keepalive_lab::{Keepalive, set_keepalive, set_linger_abort};
 use serde_json::Value;
-
-use crate::daemon::{Daemon, is_event, is_finding};
 
 /// How long an event or finding may take to show up (software emulation is slow).
 const WAIT: Duration = Duration::from_secs(30);

@@ -1,5 +1,5 @@
-//! One channel for everything the lab waits on: the lines of the observer and of the client,
-//! read by one thread per stream.
+//! One channel for everything the lab waits on: the lines of the observer (forwarded by the
+//! daemon harness) and of the client, read by one thread per stream.
 
 use std::io::{BufRead, BufReader, Read};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use super::client;
-use super::observer::{self, Finding};
+use super::observer::Finding;
 use crate::interrupt;
 
 /// How often a wait looks at the interrupt flag.
@@ -34,8 +34,6 @@ impl Source {
 /// A line read from a child, or the end of its output.
 #[derive(Debug)]
 pub enum Msg {
-    /// The observer attached its hooks.
-    Ready(observer::Ready),
     /// The observer attributed a connection death.
     Finding(Box<Finding>),
     /// The observer's totals: events lost in the kernel since it started.
@@ -58,6 +56,11 @@ impl Events {
     pub fn new() -> Events {
         let (sender, receiver) = mpsc::channel();
         Events { receiver, sender }
+    }
+
+    /// A sender for another reader of lines.
+    pub fn sender(&self) -> Sender<Msg> {
+        self.sender.clone()
     }
 
     /// The next message, or `None` once `until` has passed; fails when interrupted.

@@ -1,26 +1,26 @@
 //! keepalive-observer as a user runs it: in the root namespace, JSON lines on stdout, findings
 //! only.
 
-use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::ChildGuard;
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::events::{Events, Msg, Source};
+use crate::daemon::{self, Daemon, DaemonError, Launch, Output, Stats};
+use crate::interrupt::{self, Interrupted};
 
 /// Loading BTF and attaching every hook takes about a second; this bounds a slow machine.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long the observer may take to exit after SIGTERM.
+/// How long the observer may take to exit after SIGINT.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Lines of a log file that an error message quotes.
+const LOG_TAIL: usize = 20;
 /// How often the observer reports its totals, among them the events the kernel side could
 /// not hand over (ring buffer full). Writing every second also ends it within a second should
-/// xtask die without stopping it: its standard output is then closed.
+/// the lab die without stopping it: its standard output is then closed.
 pub const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The `ready` line: the kernel and what the observer cannot see on it.
@@ -49,78 +49,52 @@ pub struct Finding {
     pub advice: String,
 }
 
-/// The running observer; stopped with SIGTERM when dropped.
+/// The running observer; stopped with SIGINT when dropped.
 pub struct Observer {
-    guard: Option<ChildGuard>,
+    daemon: Option<Daemon>,
     stderr: PathBuf,
     /// Events lost since it started, as of its last `stats` line.
     pub lost: u64,
 }
 
 impl Observer {
-    /// Starts `binary` and waits for its `ready` line; `stderr` receives its standard error.
+    /// Starts `binary` and waits for its `ready` line; `stderr` receives its standard error,
+    /// `events` every line after `ready`.
     pub fn start(
         binary: &Path,
         idle_expiry_floor_s: u32,
         stderr: &Path,
         events: &Events,
     ) -> Result<(Observer, Ready)> {
-        if !binary.exists() {
-            bail!(
-                "{} does not exist: the build did not make it",
-                binary.display()
-            );
-        }
-        let log =
-            File::create(stderr).with_context(|| format!("cannot create {}", stderr.display()))?;
-        let mut command = Command::new(binary);
-        command
-            .args(["--format", "json", "--journald", "off", "--findings-only"])
-            .arg("--idle-expiry-floor")
-            .arg(idle_expiry_floor_s.to_string())
-            .args(["--stats-interval", &STATS_INTERVAL.as_secs().to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log);
-        println!("$ {}", crate::cmd::describe(&command, None));
-        let mut guard = ChildGuard::spawn(&mut command)?;
-        let stdout = guard
-            .take_stdout()
-            .context("the observer's standard output is not piped")?;
-        let mut observer = Observer {
-            guard: Some(guard),
+        let launch = Launch::new(binary)
+            .args(["--findings-only", "--idle-expiry-floor"])
+            .args([idle_expiry_floor_s.to_string()])
+            .args([
+                "--stats-interval".to_owned(),
+                STATS_INTERVAL.as_secs().to_string(),
+            ])
+            .stderr_file(stderr)
+            .ready_timeout(READY_TIMEOUT)
+            .stop_timeout(STOP_GRACE)
+            .cancel_when(interrupt::requested)
+            .isolated()
+            .forward_to(events.sender(), parse);
+        println!("$ {}", launch.command_line());
+        let daemon = launch.start().map_err(lab_error)?;
+        let ready = serde_json::from_value(daemon.ready().clone())
+            .context("cannot read keepalive-observer's ready line")?;
+        let observer = Observer {
+            daemon: Some(daemon),
             stderr: stderr.to_owned(),
             lost: 0,
         };
-        events.read_lines(Source::Observer, stdout, parse)?;
-
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            match events.next(deadline)? {
-                Some(Msg::Ready(ready)) => return Ok((observer, ready)),
-                Some(Msg::Stats { kernel_lost }) => observer.lost = kernel_lost,
-                Some(Msg::Closed(_)) => bail!("{}", observer.exited()),
-                Some(Msg::Unreadable(source, line)) => {
-                    eprintln!("warning: {} printed {line}", source.name());
-                }
-                Some(_) => {}
-                None => {
-                    observer.stop()?;
-                    bail!(
-                        "keepalive-observer did not print `ready` within {} s; its standard \
-                         error:\n{}",
-                        READY_TIMEOUT.as_secs(),
-                        tail(&observer.stderr)
-                    );
-                }
-            }
-        }
+        Ok((observer, ready))
     }
 
     /// Why the observer is gone, with the end of its standard error.
     pub fn exited(&mut self) -> String {
-        let status = match self.guard.take().map(|guard| guard.stop(STOP_GRACE)) {
-            Some(Ok(status)) => status.to_string(),
+        let status = match self.daemon.take().map(Daemon::stop) {
+            Some(Ok(stopped)) => stopped.status.to_string(),
             Some(Err(error)) => error.to_string(),
             None => "stopped".to_owned(),
         };
@@ -130,10 +104,10 @@ impl Observer {
         )
     }
 
-    /// Stops the observer with SIGTERM.
+    /// Stops the observer with SIGINT.
     pub fn stop(&mut self) -> Result<()> {
-        if let Some(guard) = self.guard.take() {
-            guard.stop(STOP_GRACE)?;
+        if let Some(daemon) = self.daemon.take() {
+            daemon.stop().map_err(lab_error)?;
         }
         Ok(())
     }
@@ -147,77 +121,89 @@ impl Drop for Observer {
     }
 }
 
-/// The `stats` line's count of events lost in the kernel.
-#[derive(Debug, Deserialize)]
-struct Stats {
-    kernel_lost: u64,
+/// A daemon error as the lab's: Ctrl-C while waiting is the lab's interruption.
+fn lab_error(error: DaemonError) -> anyhow::Error {
+    match error {
+        DaemonError::Cancelled => Interrupted.into(),
+        error => error.into(),
+    }
 }
 
-/// One line of the observer's output: `ready`, findings and the lost-event count matter, other
-/// records are ignored.
-fn parse(line: &str) -> Result<Option<Msg>, String> {
-    let value: Value = serde_json::from_str(line).map_err(|error| error.to_string())?;
-    match value.get("type").and_then(Value::as_str) {
-        Some("stats") => serde_json::from_value(value)
-            .map(|stats: Stats| {
-                Some(Msg::Stats {
+/// One line of the observer's output after `ready`: findings and the lost-event count matter,
+/// other records are ignored.
+fn parse(output: Output) -> Option<Msg> {
+    let unreadable = |why: String, line: &serde_json::Value| {
+        Some(Msg::Unreadable(Source::Observer, format!("{why}: {line}")))
+    };
+    match output {
+        Output::Json(line) => match line["type"].as_str() {
+            Some("stats") => match Stats::from_line(&line) {
+                Some(stats) => Some(Msg::Stats {
                     kernel_lost: stats.kernel_lost,
-                })
-            })
-            .map_err(|error| error.to_string()),
-        Some("ready") => serde_json::from_value(value)
-            .map(|ready| Some(Msg::Ready(ready)))
-            .map_err(|error| error.to_string()),
-        Some("finding") => serde_json::from_value(value)
-            .map(|finding| Some(Msg::Finding(Box::new(finding))))
-            .map_err(|error| error.to_string()),
-        _ => Ok(None),
+                }),
+                None => unreadable("a stats line without its totals".to_owned(), &line),
+            },
+            Some("finding") => match Finding::deserialize(&line) {
+                Ok(finding) => Some(Msg::Finding(Box::new(finding))),
+                Err(error) => unreadable(error.to_string(), &line),
+            },
+            _ => None,
+        },
+        Output::Unreadable(line) => Some(Msg::Unreadable(Source::Observer, line)),
+        Output::Closed => Some(Msg::Closed(Source::Observer)),
     }
 }
 
 /// The last lines of a log file, for error messages.
 pub fn tail(path: &Path) -> String {
-    const LINES: usize = 20;
-    match std::fs::read_to_string(path) {
-        Ok(text) => {
-            let lines: Vec<&str> = text.lines().collect();
-            let start = lines.len().saturating_sub(LINES);
-            if lines.is_empty() {
-                "(empty)".to_owned()
-            } else {
-                lines[start..].join("\n")
-            }
-        }
-        Err(error) => format!("(cannot read {}: {error})", path.display()),
-    }
+    daemon::tail(path, LOG_TAIL)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn json(line: &str) -> Output {
+        Output::Json(serde_json::from_str(&line.replace('\n', "")).unwrap())
+    }
+
     #[test]
-    fn reads_ready_and_findings_and_skips_other_records() {
-        let ready =
-            r#"{"type":"ready","version":"0.1.0","kernel":"6.18","hooks":[],"missing_signals":[]}"#;
-        assert!(matches!(parse(ready), Ok(Some(Msg::Ready(r))) if r.kernel == "6.18"));
+    fn reads_findings_and_stats_and_skips_other_records() {
+        let ready: Ready = serde_json::from_str(
+            r#"{"type":"ready","version":"0.1.0","kernel":"6.18","hooks":[],"missing_signals":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(ready.kernel, "6.18");
         let finding = r#"{"type":"finding","mono_ns":1,"verdict":"middlebox_drop","kind":"forged_rst",
             "confidence":"confirmed","netns":7,"local":"198.51.100.2:4000",
             "remote":"198.51.100.100:80","idle_ms":5500,"rst_ttl":64,"peer_ttl":63,
             "reason":null,"timeout_window_ms":[4000,5500],"advice":"set TCP_KEEPIDLE","pid":1}"#;
-        match parse(&finding.replace('\n', "")) {
-            Ok(Some(Msg::Finding(f))) => {
+        match parse(json(finding)) {
+            Some(Msg::Finding(f)) => {
                 assert_eq!(f.timeout_window_ms, Some((4000, 5500)));
                 assert_eq!(f.remote, "198.51.100.100:80".parse().unwrap());
             }
             other => panic!("expected a finding, got {other:?}"),
         }
         assert!(matches!(
-            parse(r#"{"type":"stats","kernel_lost":3,"decode_errors":0,"events":9}"#),
-            Ok(Some(Msg::Stats { kernel_lost: 3 }))
+            parse(json(
+                r#"{"type":"stats","kernel_lost":3,"decode_errors":0,"events":9,"findings":0}"#
+            )),
+            Some(Msg::Stats { kernel_lost: 3 })
         ));
-        assert!(matches!(parse(r#"{"type":"hooks_changed"}"#), Ok(None)));
-        assert!(parse("not json").is_err());
-        assert!(parse(r#"{"type":"finding","verdict":1}"#).is_err());
+        assert!(parse(json(r#"{"type":"hooks_changed"}"#)).is_none());
+        assert!(parse(json(r#"{"type":"ready","kernel":"6.18"}"#)).is_none());
+        assert!(matches!(
+            parse(Output::Unreadable("not json".to_owned())),
+            Some(Msg::Unreadable(Source::Observer, _))
+        ));
+        assert!(matches!(
+            parse(json(r#"{"type":"finding","verdict":1}"#)),
+            Some(Msg::Unreadable(Source::Observer, _))
+        ));
+        assert!(matches!(
+            parse(Output::Closed),
+            Some(Msg::Closed(Source::Observer))
+        ));
     }
 }

@@ -350,7 +350,7 @@ impl<'a> PhaseRun<'a> {
                 }
                 self.findings.push(*finding);
             }
-            Msg::Finding(_) | Msg::Ready(_) => {}
+            Msg::Finding(_) => {}
             Msg::Stats { kernel_lost } => observer.lost = kernel_lost,
             Msg::Client(Line::Config(config)) => println!(
                 "  client: Python {}, urllib3 {}, HTTPConnectionPool of {}, HTTP/1.1 keep-alive, \
