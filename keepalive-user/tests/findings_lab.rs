@@ -514,10 +514,12 @@ fn keepalive_below_the_middlebox_timeout_yields_no_finding() {
     assert_eq!(client.read(&mut [0u8; 1]).expect("the server's FIN"), 0);
     drop(client);
     lab.fence(&mut daemon);
+    // The flow outlived the 4 s middlebox timeout by 6 s idle: keepalive probed and the
+    // probes were answered. Answered probes are the healthy case and send no record.
     let probes = daemon.all(|v| v["event"] == "keepalive_timer" && client_end.matches(v));
     assert!(
-        probes.len() >= 4,
-        "keepalive probed about once a second through the 6 s gap: {probes:#?}"
+        probes.is_empty(),
+        "answered keepalive probes crossed the ring buffer: {probes:#?}"
     );
     let findings = lab.findings(&mut daemon);
     assert!(

@@ -175,6 +175,7 @@ fn event(cookie: u64, mono_ns: u64) -> TcpEvent {
         "kind": "reset_sent",
         "cookie": cookie,
         "netns": 4_026_531_840_u32,
+        "netns_cookie": 1,
         "local": "127.0.0.1:41234",
         "remote": "127.0.0.1:8080",
         "old_state": "ESTABLISHED",
@@ -191,10 +192,10 @@ fn event(cookie: u64, mono_ns: u64) -> TcpEvent {
             "probes_out": 0
         },
         "retransmits": 0,
-        "ttl": null,
         "tcp_flags": null,
         "bytes": null,
-        "task": {"pid": 1234, "tid": 1234, "comm": "python3"}
+        "task": {"pid": 1234, "tid": 1234, "comm": "python3"},
+        "context": null
     }))
     .expect("test event")
 }
@@ -207,6 +208,7 @@ fn finding(cookie: u64, mono_ns: u64) -> Finding {
         "confidence": "likely",
         "cookie": cookie,
         "netns": 4_026_531_840_u32,
+        "netns_cookie": 1,
         "local": "[fd6b:a1::2]:41234",
         "remote": "[fd6b:a1::1]:80",
         "pid": 4321,
