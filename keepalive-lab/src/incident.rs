@@ -8,9 +8,11 @@
 
 mod client;
 mod events;
+mod files;
 mod observer;
 mod scenario;
 mod servers;
+mod site;
 pub mod summary;
 
 use std::path::PathBuf;

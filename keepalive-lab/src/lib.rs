@@ -45,6 +45,7 @@ mod echo;
 mod error;
 pub mod incident;
 pub mod interrupt;
+mod middlebox;
 mod netns;
 mod process;
 mod socket;
@@ -55,11 +56,11 @@ pub mod workspace;
 pub use cmd::{Tool, check_tools, output};
 pub use echo::EchoServer;
 pub use error::LabError;
+pub use middlebox::{Middlebox, MiddleboxMode};
 pub use netns::{NAME_PREFIX, NETNS_DIR, Netns, cleanup_stale, current_netns_inode, in_netns};
 pub use process::ChildGuard;
 pub use socket::{Keepalive, abortive_close, set_keepalive, set_linger_abort, set_user_timeout};
 pub use system::{cgroup2_mount, is_root};
 pub use topology::{
-    Host, LAB_NET_V4, LAB_NET_V6, MAX_SERVERS, Middlebox, MiddleboxMode, Topology, TopologyBuilder,
-    VIP_V4, VIP_V6,
+    Host, LAB_NET_V4, LAB_NET_V6, MAX_SERVERS, Topology, TopologyBuilder, VIP_V4, VIP_V6,
 };

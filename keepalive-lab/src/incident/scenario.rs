@@ -2,26 +2,23 @@
 //! without a fix, its summary and advice, then the ladder with the advice applied; at the end
 //! the before/after table and the checks.
 
-use std::collections::BTreeSet;
-use std::fs;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::{Middlebox, MiddleboxMode, Topology, VIP_V4, cleanup_stale, in_netns};
 use anyhow::{Context, Result, bail};
 
-use super::client::{self, Applied, Client, Line, Request};
+use super::client::{Applied, Client, Line, Request};
 use super::events::{Events, Msg, Source};
+use super::files::{WorkDir, check_programs, remove_stale_workdirs};
 use super::observer::{Finding, Observer, STATS_INTERVAL, tail};
-use super::servers::{self, Servers};
+use super::servers;
+use super::site::{PORT, Site};
 use super::summary::{self, Phase, Summary};
 use super::{Fix, LabArgs, PhaseSpec};
-use crate::interrupt;
+use crate::{VIP_V4, cleanup_stale, in_netns, interrupt};
 
-const PORT: u16 = 80;
-const SERVERS: usize = 4;
 /// Bounds of one request in the client (connect and read timeouts), and slack for Python.
 const REQUEST_BOUND: Duration = Duration::from_secs(10);
 const PHASE_SLACK: Duration = Duration::from_secs(20);
@@ -30,7 +27,6 @@ const HOLD: Duration = Duration::from_secs(1);
 /// Bound on the fence's finding, and how long one fence connection is waited for.
 const FENCE_TIMEOUT: Duration = Duration::from_secs(10);
 const FENCE_RETRY: Duration = Duration::from_secs(2);
-const WORKDIR_PREFIX: &str = "keepalive-lab-";
 
 /// Runs every phase of `args` with `ladder` against the observer at `observer_binary`.
 pub fn run(args: &LabArgs, ladder: &[f64], observer_binary: &Path) -> Result<Summary> {
@@ -125,77 +121,6 @@ pub fn run(args: &LabArgs, ladder: &[f64], observer_binary: &Path) -> Result<Sum
         summary.wall_time_s
     );
     Ok(summary)
-}
-
-/// One middlebox mode's lab: namespaces, middlebox rules, nginx. Fields drop in order: the
-/// servers stop before their namespaces go.
-struct Site {
-    /// Kept for its drop, which stops nginx.
-    _servers: Servers,
-    topology: Topology,
-    /// Inodes of the lab's namespaces, as the observer's findings carry them.
-    inodes: BTreeSet<u32>,
-    client_inode: u32,
-}
-
-impl Site {
-    fn build(mode: MiddleboxMode, timeout: u32, workdir: &Path, nginx: &str) -> Result<Site> {
-        let started = Instant::now();
-        let topology = Topology::builder()
-            .servers(SERVERS)
-            .vip(true)
-            .middlebox(Middlebox {
-                mode,
-                established_timeout_secs: timeout,
-            })
-            .build()?;
-        interrupt::check()?;
-        let dir = workdir.join(format!("servers-{mode}"));
-        let servers = Servers::start(topology.servers(), PORT, &dir)?;
-        let mut inodes = BTreeSet::new();
-        for name in topology.netns_names() {
-            let path = Path::new(crate::NETNS_DIR).join(name);
-            let inode = std::os::unix::fs::MetadataExt::ino(
-                &fs::metadata(&path).with_context(|| format!("cannot stat {}", path.display()))?,
-            );
-            inodes.insert(u32::try_from(inode).context("namespace inode exceeds 32 bits")?);
-        }
-        let client_inode = topology.client().netns().inode()?;
-        let addresses: Vec<String> = topology
-            .servers()
-            .iter()
-            .map(|server| server.ipv4().to_string())
-            .collect();
-        println!(
-            "\nlab up in {:.1} s: client {} -> VIP {VIP_V4}:{PORT} (middlebox {mode}: DNAT \
-             round-robin, conntrack forgets flows idle > {timeout} s) -> nginx {nginx} on {}",
-            started.elapsed().as_secs_f64(),
-            topology.client().ipv4(),
-            addresses.join(", ")
-        );
-        Ok(Site {
-            _servers: servers,
-            topology,
-            inodes,
-            client_inode,
-        })
-    }
-
-    /// Whether a finding is about this lab since `since_ns` (CLOCK_MONOTONIC): in one of its
-    /// namespaces, and not about the fence's loopback connection. Other labs on the host use
-    /// the same addresses in other namespaces, and a namespace's inode number is reused once it
-    /// is freed, so an event from before `since_ns` may carry one of ours (the observer can
-    /// report a death up to its close grace after the event).
-    fn owns(&self, finding: &Finding, since_ns: u64) -> bool {
-        finding.mono_ns >= since_ns
-            && self.inodes.contains(&finding.netns)
-            && !finding.local.ip().is_loopback()
-            && !finding.remote.ip().is_loopback()
-    }
-
-    fn vip(&self) -> SocketAddr {
-        SocketAddr::from((VIP_V4, PORT))
-    }
 }
 
 /// The fix from the advice: the observer advises TCP_KEEPIDLE below the window's lower bound
@@ -563,79 +488,6 @@ fn monotonic_ns() -> u64 {
 
 fn seconds(ms: u64) -> String {
     format!("{:.2} s", Duration::from_millis(ms).as_secs_f64())
-}
-
-fn check_programs() -> Result<()> {
-    let missing: Vec<String> = [
-        (Path::new(servers::NGINX), "nginx"),
-        (Path::new(client::PYTHON), "python3-urllib3"),
-    ]
-    .into_iter()
-    .filter(|(path, _)| !path.exists())
-    .map(|(path, package)| format!("{} (Debian package {package})", path.display()))
-    .collect();
-    if !missing.is_empty() {
-        bail!(
-            "missing {}: `cargo xtask setup` installs them as root",
-            missing.join(", ")
-        );
-    }
-    let script = client::script();
-    if !script.exists() {
-        bail!("the client script {} is missing", script.display());
-    }
-    Ok(())
-}
-
-/// The run's files (nginx configurations and logs, standard error of the children); removed
-/// when dropped.
-struct WorkDir {
-    path: PathBuf,
-}
-
-impl WorkDir {
-    fn create() -> Result<WorkDir> {
-        let path = std::env::temp_dir().join(format!("{WORKDIR_PREFIX}{}", std::process::id()));
-        if path.exists() {
-            fs::remove_dir_all(&path)
-                .with_context(|| format!("cannot remove {}", path.display()))?;
-        }
-        fs::create_dir(&path).with_context(|| format!("cannot create {}", path.display()))?;
-        Ok(WorkDir { path })
-    }
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        if let Err(error) = fs::remove_dir_all(&self.path) {
-            eprintln!("warning: cannot remove {}: {error}", self.path.display());
-        }
-    }
-}
-
-/// Removes the work directories of runs whose process is gone (killed before their clean-up).
-fn remove_stale_workdirs() {
-    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|name| name.strip_prefix(WORKDIR_PREFIX))
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !Path::new("/proc").join(pid.to_string()).exists()
-            && fs::remove_dir_all(entry.path()).is_ok()
-        {
-            println!(
-                "removed {}, left behind by a run that died",
-                entry.path().display()
-            );
-        }
-    }
 }
 
 #[cfg(test)]
