@@ -22,7 +22,10 @@ use keepalive_common::{
     CONTEXT_HASH_ENTRIES, ConnContext, Event, HANDSHAKE_TTL_ENTRIES, HandshakeKey, counter, flags,
 };
 
-use crate::emit::{config, count, now_ns};
+use crate::{
+    emit::{config, count, now_ns},
+    kernel::{Memory, mark_origin},
+};
 
 #[btf_map(name = "CONN_CONTEXT")]
 static CONN_CONTEXT: SkStorage<ConnContext> = SkStorage::new();
@@ -96,6 +99,20 @@ fn born(context: &mut ConnContext) -> &mut ConnContext {
         context.born_ns = now_ns();
     }
     context
+}
+
+/// [`of_sock`] for a full TCP socket read through `M`: a context created on first sight of a
+/// connection open before the observer started also learns whether it was accepted or
+/// connected.
+#[inline(always)]
+pub fn of_tcp_sock<M: Memory>(
+    sk: *const u8,
+    cookie: impl FnOnce() -> u64,
+    create: Create,
+) -> Option<&'static mut ConnContext> {
+    let context = of_sock(sk, cookie, create)?;
+    mark_origin::<M>(context, sk);
+    Some(context)
 }
 
 /// The context of the socket with `cookie` in the fallback map, for pointers socket storage

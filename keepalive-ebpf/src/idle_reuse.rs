@@ -31,7 +31,7 @@ pub fn tcp_sendmsg_locked(ctx: BtfTracePointContext) -> i32 {
         return 0;
     };
     // Created here for connections that were open before the observer started.
-    let Some(context) = context::of_sock(sk, || cookie_of(sk), Create::Yes) else {
+    let Some(context) = context::of_tcp_sock::<Btf>(sk, || cookie_of(sk), Create::Yes) else {
         return 0;
     };
     context::set_owner(context);
@@ -62,7 +62,7 @@ pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let cookie = cookie_of(sk);
-    let Some(context) = context::of_sock(sk, || cookie, Create::No) else {
+    let Some(context) = context::of_tcp_sock::<Btf>(sk, || cookie, Create::No) else {
         return 0;
     };
     context::set_owner(context);

@@ -95,7 +95,7 @@ pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
         Create::No
     };
     let context = if !sk.is_null() && is_full_tcp::<Btf>(sk) {
-        context::of_sock(sk, || cookie, create)
+        context::of_tcp_sock::<Btf>(sk, || cookie, create)
     } else {
         None
     };
@@ -114,7 +114,7 @@ pub fn tcp_send_reset_no_reason(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let cookie = cookie_of(sk);
-    let context = context::of_sock(sk, || cookie, Create::Yes);
+    let context = context::of_tcp_sock::<Btf>(sk, || cookie, Create::Yes);
     reset_sent::<Btf>(sk, skb, None, cookie, context.as_deref());
     0
 }
@@ -123,7 +123,7 @@ pub fn tcp_send_reset_no_reason(ctx: BtfTracePointContext) -> i32 {
 pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let cookie = cookie_of(sk);
-    let context = context::of_sock(sk, || cookie, Create::Yes);
+    let context = context::of_tcp_sock::<Btf>(sk, || cookie, Create::Yes);
     reset_received::<Btf>(sk, cookie, context.as_deref());
     0
 }

@@ -33,7 +33,7 @@ fn arg_at(ctx: &FEntryContext, n: u32) -> Option<u64> {
 pub fn fentry_tcp_reset(ctx: FEntryContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let cookie = cookie_of(sk);
-    let context = context::of_sock(sk, || cookie, Create::Yes);
+    let context = context::of_tcp_sock::<Probe>(sk, || cookie, Create::Yes);
     reset_received::<Probe>(sk, cookie, context.as_deref());
     0
 }
@@ -43,7 +43,7 @@ pub fn fentry_tcp_send_active_reset(ctx: FEntryContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let reason = arg_at(&ctx, config().active_reset_reason_arg);
     let cookie = cookie_of(sk);
-    let context = context::of_sock(sk, || cookie, Create::Yes);
+    let context = context::of_tcp_sock::<Probe>(sk, || cookie, Create::Yes);
     reset_sent::<Probe>(sk, core::ptr::null(), reason, cookie, context.as_deref());
     0
 }

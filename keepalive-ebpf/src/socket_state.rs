@@ -10,7 +10,7 @@ use keepalive_common::{EventKind, context_flags, tcp_state};
 use crate::{
     context::{self, Create},
     emit::{new_event, now_ns, submit},
-    kernel::{Btf, cookie_of, fill_from_sock, handshake_key, is_full_tcp, mark_origin},
+    kernel::{Btf, cookie_of, fill_from_sock, handshake_key, is_full_tcp},
 };
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
@@ -29,7 +29,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     if !wanted || sk.is_null() || !is_full_tcp::<Btf>(sk) {
         return 0;
     }
-    let Some(context) = context::of_sock(sk, || cookie_of(sk), Create::Yes) else {
+    let Some(context) = context::of_tcp_sock::<Btf>(sk, || cookie_of(sk), Create::Yes) else {
         return 0;
     };
     match (old, new) {
@@ -48,20 +48,14 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
                 context.peer_ttl = ttl;
             }
         }
-        (_, ESTABLISHED) => {
-            context.established_ns = now_ns();
-            mark_origin::<Btf>(context, sk);
-        }
+        (_, ESTABLISHED) => context.established_ns = now_ns(),
         (ESTABLISHED, CLOSE_WAIT) => {
             context.flags |= context_flags::PEER_FIN_FIRST;
             context.peer_fin_ns = now_ns();
         }
         // close() after use, in the closing task.
         (ESTABLISHED, FIN_WAIT1) | (CLOSE_WAIT, LAST_ACK) => context::set_owner(context),
-        (_, CLOSE) => {
-            context.state_before_close = old;
-            mark_origin::<Btf>(context, sk);
-        }
+        (_, CLOSE) => context.state_before_close = old,
         _ => {}
     }
     0
@@ -74,7 +68,7 @@ pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let cookie = cookie_of(sk);
-    let context = context::of_sock(sk, || cookie, Create::Yes);
+    let context = context::of_tcp_sock::<Btf>(sk, || cookie, Create::Yes);
     let Some(mut event) = new_event(EventKind::SocketError) else {
         return 0;
     };

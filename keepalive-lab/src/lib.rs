@@ -43,6 +43,7 @@ mod cmd;
 pub mod daemon;
 mod echo;
 mod error;
+pub mod flood;
 pub mod incident;
 pub mod interrupt;
 mod middlebox;

@@ -10,15 +10,15 @@ mod common;
 
 use std::{
     io::{self, Read as _, Write as _},
-    net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream},
+    net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
     thread,
     time::{Duration, Instant},
 };
 
 use common::{Daemon, privileged};
 use keepalive_lab::{
-    EchoServer, Keepalive, Middlebox, MiddleboxMode, Topology, in_netns, set_keepalive,
-    set_linger_abort, set_user_timeout,
+    EchoServer, Keepalive, Middlebox, MiddleboxMode, Topology, flood::syn_flood, in_netns,
+    set_keepalive, set_linger_abort, set_user_timeout,
 };
 use serde_json::Value;
 
@@ -382,6 +382,99 @@ fn reject_mode_idle_expiry_is_a_forged_reset_with_ttl_evidence() {
     assert!(has_evidence(&finding, "keepalive off"), "{finding:#}");
     assert_idle_near(&finding, IDLE_GAP);
     assert_eq!(finding["keepalive"]["enabled"], false, "{finding:#}");
+}
+
+#[test]
+fn a_connection_open_before_the_daemon_started_is_judged_when_the_middlebox_resets_it() {
+    if !privileged(
+        "a_connection_open_before_the_daemon_started_is_judged_when_the_middlebox_resets_it",
+    ) {
+        return;
+    }
+    let lab = Lab::new(MiddleboxMode::Reject, CT_TIMEOUT_SECS);
+    let _echo = lab.echo();
+    let mut client = lab.connect();
+    round_trip(&mut client, b"before the daemon");
+    let quiet_since = Instant::now();
+    // Its handshake, owner and establishment happened before any program was attached.
+    let mut daemon = Daemon::start(DAEMON_ARGS);
+
+    let error = send_after_idle(&mut client, IDLE_GAP).expect_err("the middlebox forgot the flow");
+    assert_eq!(error.kind(), io::ErrorKind::ConnectionReset, "{error}");
+    let quiet = millis(quiet_since.elapsed());
+
+    let end = lab.client_end(&client);
+    end.wait_finding(&mut daemon, "the middlebox reset", WAIT);
+    let [finding] = lab.only_findings(&mut daemon, [&end]);
+    // No handshake TTL to compare with: the idle gap against the floor decides.
+    assert_verdict(&finding, "middlebox_drop", "idle_expiry_rst", "possible");
+    assert_eq!(finding["rst_ttl"], FORGED_TTL, "{finding:#}");
+    assert_eq!(
+        finding["comm"],
+        comm(),
+        "the send after idle named the owner: {finding:#}"
+    );
+    // The gap began at the round trip, before the daemon's start-up.
+    let idle = finding["idle_ms"].as_u64().expect("idle_ms");
+    assert!(
+        idle + IDLE_TOLERANCE_MS >= millis(IDLE_GAP) && idle <= quiet + IDLE_TOLERANCE_MS,
+        "idle {idle} ms, quiet for {quiet} ms: {finding:#}"
+    );
+    let received = daemon.all(|v| v["event"] == "reset_received" && end.matches(v));
+    let context = &received.first().expect("the RST received")["context"];
+    assert_eq!(context["from_handshake"], false, "{context:#}");
+    assert_eq!(
+        context["origin"], "connected",
+        "told from the socket itself: {context:#}"
+    );
+}
+
+#[test]
+fn a_syn_flood_to_a_closed_port_sends_no_record_and_a_real_reset_is_still_explained() {
+    if !privileged(
+        "a_syn_flood_to_a_closed_port_sends_no_record_and_a_real_reset_is_still_explained",
+    ) {
+        return;
+    }
+    const FLOOD: u64 = 5_000;
+    let (lab, mut daemon) = Lab::start(MiddleboxMode::Reject, CT_TIMEOUT_SECS);
+    let _echo = lab.echo();
+    let mut client = lab.connect();
+    round_trip(&mut client, b"before the flood");
+    let (source, target) = (
+        SocketAddrV4::new(lab.topology.client().ipv4(), 20_000),
+        SocketAddrV4::new(lab.topology.server().ipv4(), PORT + 1),
+    );
+    let report = in_netns(lab.topology.client().netns(), || {
+        syn_flood(source, target, FLOOD, Duration::from_secs(10))
+    })
+    .expect("enter the client namespace")
+    .expect("raw socket flood");
+    assert_eq!(report.sent, FLOOD, "{report:?}");
+
+    let error = send_after_idle(&mut client, IDLE_GAP).expect_err("the middlebox forgot the flow");
+    assert_eq!(error.kind(), io::ErrorKind::ConnectionReset, "{error}");
+    let end = lab.client_end(&client);
+    end.wait_finding(&mut daemon, "the forged reset after the flood", WAIT);
+    let [finding] = lab.only_findings(&mut daemon, [&end]);
+    assert_verdict(&finding, "middlebox_drop", "forged_rst", "confirmed");
+
+    let server_netns = lab.server_netns;
+    let flood_records = daemon.all(|v| v["type"] == "event" && v["netns"] == server_netns);
+    let (status, rest) = daemon.stop();
+    assert!(status.success());
+    assert!(
+        flood_records.is_empty(),
+        "{} records from the server namespace for {FLOOD} SYNs: {:#?}",
+        flood_records.len(),
+        &flood_records[..flood_records.len().min(3)]
+    );
+    let stats = rest.iter().rfind(|v| v["type"] == "stats").expect("stats");
+    assert!(
+        stats["syn_refusals"].as_u64() >= Some(FLOOD),
+        "every refusal counted: {stats}"
+    );
+    assert_eq!(stats["kernel_lost"], 0, "{stats}");
 }
 
 #[test]
