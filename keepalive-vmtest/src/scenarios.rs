@@ -5,18 +5,24 @@
 use std::{
     io::{Read as _, Write as _},
     mem,
-    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
     os::fd::AsRawFd,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
 use keepalive_lab::daemon::{Daemon, is_event, is_finding};
-use keepalive_lab::{Keepalive, set_keepalive, set_linger_abort};
+use keepalive_lab::{
+    Keepalive,
+    flood::{ACK, send_segments},
+    set_keepalive, set_linger_abort,
+};
 use serde_json::Value;
 
 /// How long an event or finding may take to show up (software emulation is slow).
 const WAIT: Duration = Duration::from_secs(30);
+/// Source port of the stray ACK: no socket uses it, so the RST answering it is dropped.
+const STRAY_ACK_PORT: u16 = 1023;
 /// How far an idle time measured in jiffies may stray from the sleep that made it, under
 /// emulation.
 const IDLE_TOLERANCE_MS: u64 = 400;
@@ -53,25 +59,36 @@ pub fn no_socket(daemon: &mut Daemon, expect: &Expect) -> Result<String> {
     if !expect.replies {
         return Ok("ECONNREFUSED and the client's RST seen; no hook for RSTs in reply".into());
     }
+    // Refusing a SYN kills no connection: the kernel side counts it instead of sending it.
+    let stats = daemon.wait_for("the refusal counted", WAIT, |v| {
+        v["type"] == "stats" && v["syn_refusals"].as_u64() >= Some(1)
+    })?;
+    let stray = daemon.all(|v| v["event"] == "reset_sent" && v["local"] == closed_s);
+    ensure!(
+        stray.is_empty(),
+        "a refused SYN crossed the ring buffer: {stray:?}"
+    );
+    // A bare ACK to the closed port is a segment of a connection this host does not have:
+    // that RST crosses, with no socket and the answered segment's flags.
+    let source = SocketAddrV4::new(Ipv4Addr::LOCALHOST, STRAY_ACK_PORT);
+    let target = SocketAddrV4::new(Ipv4Addr::LOCALHOST, closed.port());
+    send_segments(source, target, ACK, 1, WAIT).context("sending a stray ACK")?;
     let reset = daemon.wait_for("the NO_SOCKET reset", WAIT, |v| {
-        v["event"] == "reset_sent" && v["local"] == closed_s && v["remote"] == client
+        v["event"] == "reset_sent" && v["local"] == closed_s && v["remote"] == source.to_string()
     })?;
     ensure!(reset["cookie"] == 0, "no socket owns the segment: {reset}");
     check_reason(&reset, expect, "NO_SOCKET")?;
     ensure!(
-        reset["tcp_flags"] == 2,
-        "the RST answers a bare SYN: {reset}"
+        reset["tcp_flags"] == u64::from(ACK),
+        "the RST answers a bare ACK: {reset}"
     );
-    // Refusing a SYN kills no connection: the client's `refused` (already out, and findings
-    // follow kernel order) is the only finding; none for the closed port's side.
-    let stray = daemon.all(|v| v["type"] == "finding" && v["local"] == closed_s);
-    ensure!(
-        stray.is_empty(),
-        "refusing a SYN is not a connection death: {stray:?}"
-    );
+    daemon.wait_for("the no_socket finding", WAIT, |v| {
+        is_finding(v, "local_close", "no_socket", &closed_s)
+    })?;
     Ok(format!(
-        "reset_sent reason={} cookie=0 answering a SYN; no finding for it, refused for the client",
-        reset["reason"]
+        "refused SYN counted (syn_refusals={}); reset_sent reason={} cookie=0 answering an ACK, \
+         finding no_socket",
+        stats["syn_refusals"], reset["reason"]
     ))
 }
 
@@ -192,7 +209,8 @@ pub fn keepalive_timeout(daemon: &mut Daemon, expect: &Expect) -> Result<String>
         .iter()
         .filter_map(|t| t["keepalive"]["probes_out"].as_u64())
         .collect();
-    if !probes.starts_with(&[0, 1]) {
+    // A firing with no probe outstanding is the healthy case and sends nothing.
+    if probes.first() != Some(&1) || probes.contains(&0) {
         let timers = daemon.all(|v| v["event"] == "keepalive_timer");
         let shown: Vec<String> = timers.iter().take(3).map(Value::to_string).collect();
         bail!(
