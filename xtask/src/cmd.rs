@@ -51,22 +51,6 @@ pub fn run(command: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// Runs the command quietly and returns its stdout; fails with its stderr when it exits non-zero.
-pub fn output(command: &mut Command) -> Result<String> {
-    let line = describe(command);
-    let output = command
-        .output()
-        .with_context(|| format!("cannot start `{line}`"))?;
-    if !output.status.success() {
-        bail!(
-            "`{line}` failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
 /// The command as a shell line: variables it sets (except PATH), program, arguments.
 pub fn describe(command: &Command) -> String {
     let vars = command.get_envs().filter_map(|(key, value)| {

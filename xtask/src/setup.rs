@@ -210,7 +210,7 @@ fn install_toolchain(report: Report, toolchain: &str, components: &[&str]) -> Re
     if which::which("rustup").is_err() {
         bail!("rustup not found: install rustup, then run `cargo xtask setup` again");
     }
-    let installed = cmd::output(Command::new("rustup").args(["toolchain", "list"]))?;
+    let installed = keepalive_lab::output(Command::new("rustup").args(["toolchain", "list"]))?;
     if !installed
         .lines()
         .any(|line| names_toolchain(line, toolchain))
@@ -229,7 +229,7 @@ fn install_toolchain(report: Report, toolchain: &str, components: &[&str]) -> Re
         .with_context(|| format!("cannot install toolchain {toolchain}"));
     }
 
-    let listed = cmd::output(Command::new("rustup").args([
+    let listed = keepalive_lab::output(Command::new("rustup").args([
         "component",
         "list",
         "--installed",
@@ -282,7 +282,7 @@ fn names_component(line: &str, component: &str) -> bool {
 fn install_bpf_linker(report: Report) -> Result<()> {
     let linker = cmd::cargo_bin_dir()?.join("bpf-linker");
     let found = if linker.exists() {
-        match cmd::output(Command::new(&linker).arg("--version")) {
+        match keepalive_lab::output(Command::new(&linker).arg("--version")) {
             Ok(version)
                 if version
                     .split_whitespace()

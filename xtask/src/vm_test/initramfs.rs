@@ -8,8 +8,6 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
-use crate::cmd;
-
 const S_IFDIR: u32 = 0o040_000;
 const S_IFREG: u32 = 0o100_000;
 const S_IFCHR: u32 = 0o020_000;
@@ -70,7 +68,7 @@ impl Initramfs {
     /// same paths as on this machine.
     pub fn program_with_libraries(&mut self, program: &Path, path: &str) -> Result<()> {
         self.copy(program, path)?;
-        let listing = cmd::output(Command::new("ldd").arg(program))
+        let listing = keepalive_lab::output(Command::new("ldd").arg(program))
             .with_context(|| format!("listing the libraries of {}", program.display()))?;
         for library in libraries(&listing) {
             let name = library.to_string_lossy().into_owned();

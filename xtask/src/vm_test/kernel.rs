@@ -78,7 +78,7 @@ impl Apt {
     /// `linux-image-6.1.0-56-cloud-amd64` for series `6.1`.
     pub fn newest_cloud_kernel(&self, series: &str) -> Result<Option<String>> {
         let prefix = format!("linux-image-{series}.");
-        let names = cmd::output(self.command("apt-cache").arg("pkgnames").arg(&prefix))?;
+        let names = keepalive_lab::output(self.command("apt-cache").arg("pkgnames").arg(&prefix))?;
         let mut candidates: Vec<&str> = names
             .lines()
             .map(str::trim)
@@ -86,7 +86,7 @@ impl Apt {
             .collect();
         candidates.sort_by_key(|name| std::cmp::Reverse(version_key(name)));
         for name in candidates {
-            let policy = cmd::output(self.command("apt-cache").args(["policy", name]))?;
+            let policy = keepalive_lab::output(self.command("apt-cache").args(["policy", name]))?;
             if installable(&policy) {
                 return Ok(Some(name.to_owned()));
             }
