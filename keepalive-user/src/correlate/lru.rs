@@ -1,31 +1,38 @@
 //! A map bounded by entry count that forgets its least recently used entries, so that no
-//! amount of traffic can grow the correlator's tables without limit.
+//! amount of traffic can grow the correlator's tables without limit. A linked hash map
+//! (`lru`): every operation, eviction included, is O(1). Keys are chosen by the kernel (socket
+//! cookies) or by the network (addresses), so they are hashed with foldhash, fast and seeded
+//! per process.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    hash::Hash,
-};
+use std::{hash::Hash, num::NonZeroUsize};
 
-/// Entries with their last-use sequence number; `order` indexes them by that number, so the
-/// oldest entry is `order`'s first. Iteration for output only ever goes through `order`, which
-/// keeps results deterministic whatever the hasher does.
-#[derive(Debug)]
+use foldhash::fast::RandomState;
+use lru::LruCache;
+
+/// The map, and how many entries it dropped to stay within its cap.
 pub(super) struct Lru<K, V> {
-    entries: HashMap<K, (V, u64)>,
-    order: BTreeMap<u64, K>,
-    next: u64,
-    cap: usize,
+    entries: LruCache<K, V, RandomState>,
     evicted: u64,
 }
 
-impl<K: Hash + Eq + Clone, V> Lru<K, V> {
+impl<K: Hash + Eq, V> std::fmt::Debug for Lru<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lru")
+            .field("len", &self.entries.len())
+            .field("cap", &self.entries.cap())
+            .field("evicted", &self.evicted)
+            .finish()
+    }
+}
+
+impl<K: Hash + Eq, V> Lru<K, V> {
     /// An empty map holding at most `cap` entries (at least one).
     pub(super) fn new(cap: usize) -> Self {
         Self {
-            entries: HashMap::new(),
-            order: BTreeMap::new(),
-            next: 0,
-            cap: cap.max(1),
+            entries: LruCache::with_hasher(
+                NonZeroUsize::new(cap).unwrap_or(NonZeroUsize::MIN),
+                RandomState::default(),
+            ),
             evicted: 0,
         }
     }
@@ -41,82 +48,45 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
 
     /// The value without marking it used.
     pub(super) fn get(&self, key: &K) -> Option<&V> {
-        self.entries.get(key).map(|(value, _)| value)
+        self.entries.peek(key)
     }
 
     /// The value, marked as used most recently.
     pub(super) fn get_mut(&mut self, key: &K) -> Option<&mut V> {
-        let seq = self.bump();
-        let (value, old) = self.entries.get_mut(key)?;
-        self.order.remove(old);
-        *old = seq;
-        self.order.insert(seq, key.clone());
-        Some(value)
+        self.entries.get_mut(key)
     }
 
     /// The value without marking it used.
     pub(super) fn peek_mut(&mut self, key: &K) -> Option<&mut V> {
-        self.entries.get_mut(key).map(|(value, _)| value)
+        self.entries.peek_mut(key)
     }
 
     /// Inserts or replaces `key` as the most recently used entry; returns the entry evicted
     /// to make room, if any.
     pub(super) fn insert(&mut self, key: K, value: V) -> Option<(K, V)> {
-        let evicted = if self.entries.contains_key(&key) {
-            None
-        } else {
-            self.make_room()
-        };
-        let seq = self.bump();
-        if let Some((_, old)) = self.entries.insert(key.clone(), (value, seq)) {
-            self.order.remove(&old);
-        }
-        self.order.insert(seq, key);
+        let full = self.entries.len() == self.entries.cap().get() && !self.entries.contains(&key);
+        let evicted = self.entries.push(key, value).filter(|_| full);
+        self.evicted += u64::from(evicted.is_some());
         evicted
     }
 
     /// The value for `key`, created with `make` when missing (evicting the oldest entry if
     /// the map is full), marked as used most recently.
     pub(super) fn get_or_insert_with(&mut self, key: K, make: impl FnOnce() -> V) -> &mut V {
-        if !self.entries.contains_key(&key) {
-            self.make_room();
+        if !self.entries.contains(&key) && self.entries.len() == self.entries.cap().get() {
+            self.entries.pop_lru();
+            self.evicted += 1;
         }
-        let seq = self.bump();
-        let slot = self
-            .entries
-            .entry(key.clone())
-            .or_insert_with(|| (make(), seq));
-        self.order.remove(&slot.1);
-        slot.1 = seq;
-        self.order.insert(seq, key);
-        &mut slot.0
+        self.entries.get_or_insert_mut(key, make)
     }
 
     pub(super) fn remove(&mut self, key: &K) -> Option<V> {
-        let (value, seq) = self.entries.remove(key)?;
-        self.order.remove(&seq);
-        Some(value)
+        self.entries.pop(key)
     }
 
     /// The least recently used entry.
     pub(super) fn oldest(&self) -> Option<(&K, &V)> {
-        let (_, key) = self.order.first_key_value()?;
-        self.entries.get_key_value(key).map(|(k, (v, _))| (k, v))
-    }
-
-    fn make_room(&mut self) -> Option<(K, V)> {
-        if self.entries.len() < self.cap {
-            return None;
-        }
-        let (_, key) = self.order.pop_first()?;
-        let (value, _) = self.entries.remove(&key)?;
-        self.evicted += 1;
-        Some((key, value))
-    }
-
-    fn bump(&mut self) -> u64 {
-        self.next += 1;
-        self.next
+        self.entries.peek_lru()
     }
 }
 
@@ -129,7 +99,7 @@ mod tests {
         let mut lru = Lru::new(2);
         assert!(lru.insert(1, "a").is_none());
         assert!(lru.insert(2, "b").is_none());
-        lru.get_mut(&1);
+        lru.get_or_insert_with(1, || "unused");
         assert_eq!(lru.insert(3, "c"), Some((2, "b")));
         assert_eq!(lru.len(), 2);
         assert_eq!(lru.evicted(), 1);
