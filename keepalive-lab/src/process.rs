@@ -10,6 +10,21 @@ use std::{
 
 use crate::{LabError, cmd};
 
+/// Puts `command`'s process in a group of its own, so that a Ctrl-C from the terminal reaches
+/// only its parent, which stops it in order; and has it killed if the parent dies.
+pub fn isolate(command: &mut Command) -> &mut Command {
+    command.process_group(0);
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
 /// How often [`ChildGuard::stop`] checks whether the child has exited.
 const STOP_POLL: Duration = Duration::from_millis(10);
 
