@@ -56,17 +56,17 @@ const TAIL_LINES: usize = 12;
 /// The daemon that cargo built into the target directory this binary runs from (`debug` or
 /// `release`), where `cargo xtask lab` and `cargo xtask bench` build it.
 pub fn built(debug: bool) -> Result<PathBuf, DaemonError> {
-    let exe = env::current_exe().map_err(|source| DaemonError::Process {
-        operation: "finding the running binary, next to",
+    let locating = |source| DaemonError::Process {
+        operation: "locating",
         source,
+    };
+    let exe = env::current_exe().map_err(locating)?;
+    let target = exe.parent().and_then(Path::parent).ok_or_else(|| {
+        locating(io::Error::other(format!(
+            "{} is not in a target directory",
+            exe.display()
+        )))
     })?;
-    let target = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or_else(|| DaemonError::Process {
-            operation: "finding the target directory, next to",
-            source: io::Error::other(format!("{} is not in a target directory", exe.display())),
-        })?;
     let profile = if debug { "debug" } else { "release" };
     Ok(target.join(profile).join(BINARY))
 }
@@ -128,6 +128,7 @@ impl Daemon {
         &self.ready
     }
 
+    /// The daemon's process id, for reading its counters in /proc.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -151,14 +152,15 @@ impl Daemon {
             let until = deadline.min(Instant::now() + POLL);
             match self.lines.next(until, &mut self.child)? {
                 Some(Output::Json(line)) => {
+                    let found = matches(&line).then(|| line.clone());
                     self.seen.push(line);
-                    let line = self.seen.last().expect("just pushed");
-                    if matches(line) {
-                        return Ok(line.clone());
+                    if let Some(found) = found {
+                        return Ok(found);
                     }
                 }
                 Some(Output::Unreadable(line)) => return Err(DaemonError::Unreadable(line)),
                 Some(Output::Closed) => {
+                    // Its output closes as it exits: give the exit a moment to be reaped.
                     let status = self.wait_exit(POLL * 50);
                     return Err(DaemonError::Exited {
                         what: what.to_owned(),

@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Sender};
 use std::thread;
 use std::time::Duration;
@@ -141,24 +141,17 @@ impl Launch {
             binary: self.binary.clone(),
             source,
         })?;
-        let lines = match &self.stdout_file {
-            Some(path) => Lines::file(path.clone()),
-            None => {
-                let stdout = child.stdout.take().ok_or_else(|| DaemonError::Process {
-                    operation: "reading the standard output of",
-                    source: io::Error::other("not piped"),
-                })?;
-                let (sender, receiver) = mpsc::channel();
-                let forward = self.forward;
-                thread::Builder::new()
-                    .name("keepalive-observer stdout".to_owned())
-                    .spawn(move || output::read_pipe(stdout, sender, forward))
-                    .map_err(|source| DaemonError::Process {
-                        operation: "starting a thread to read",
-                        source,
-                    })?;
-                Lines::pipe(receiver)
-            }
+        let lines = match self.stdout_file {
+            Some(path) => Lines::file(path),
+            None => match read_stdout(&mut child, self.forward) {
+                Ok(lines) => lines,
+                Err(error) => {
+                    // Nothing would stop it otherwise; the error is what matters.
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(error);
+                }
+            },
         };
         let mut daemon = Daemon {
             child,
@@ -175,6 +168,23 @@ impl Launch {
         })?;
         Ok(daemon)
     }
+}
+
+/// Starts the thread that reads the child's piped standard output.
+fn read_stdout(child: &mut Child, forward: Option<Sink>) -> Result<Lines, DaemonError> {
+    let stdout = child.stdout.take().ok_or_else(|| DaemonError::Process {
+        operation: "reading the standard output of",
+        source: io::Error::other("not piped"),
+    })?;
+    let (sender, receiver) = mpsc::channel();
+    thread::Builder::new()
+        .name("keepalive-observer stdout".to_owned())
+        .spawn(move || output::read_pipe(stdout, sender, forward))
+        .map_err(|source| DaemonError::Process {
+            operation: "starting a thread to read",
+            source,
+        })?;
+    Ok(Lines::pipe(receiver))
 }
 
 fn create(path: &Path) -> Result<File, DaemonError> {
