@@ -25,7 +25,7 @@ pub struct FloodReport {
     pub elapsed: Duration,
 }
 
-/// Sends up to `count` bare SYNs from `source` (ports cycling upward from its port) to
+/// Sends up to `count` bare SYNs from `source` (ports from its port upward, at least 1024) to
 /// `target`, stopping early after `limit`. No socket on this host owns the source ports, so
 /// the target's answers (an RST from a closed port, a SYN-ACK from an open one) are dropped
 /// here without a reply of their own.
@@ -38,8 +38,8 @@ pub fn syn_flood(
     send_segments(source, target, SYN, count, limit)
 }
 
-/// Sends up to `count` segments with TCP `flags` from `source` (ports cycling upward from its
-/// port) to `target`, stopping early after `limit`.
+/// Sends up to `count` segments with TCP `flags` from `source` (ports from its port upward,
+/// at least 1024, wrapping below 65536) to `target`, stopping early after `limit`.
 pub fn send_segments(
     source: SocketAddrV4,
     target: SocketAddrV4,
@@ -59,8 +59,8 @@ pub fn send_segments(
     };
     let mut sent = 0;
     while sent < count && start.elapsed() < limit {
-        // Ports 1024..=65535, never 0.
-        let port = 1024 + ((u64::from(source.port()) + sent) % 64_512) as u16;
+        // From the source's port upward, wrapping within 1024..=65535.
+        let port = 1024 + ((u64::from(source.port().max(1024)) - 1024 + sent) % 64_512) as u16;
         let segment = tcp_segment(*source.ip(), port, target, flags, sent as u32);
         // SAFETY: `segment` and `destination` are valid for the lengths given.
         let written = unsafe {

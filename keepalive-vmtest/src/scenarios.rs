@@ -22,7 +22,7 @@ use serde_json::Value;
 /// How long an event or finding may take to show up (software emulation is slow).
 const WAIT: Duration = Duration::from_secs(30);
 /// Source port of the stray ACK: no socket uses it, so the RST answering it is dropped.
-const STRAY_ACK_PORT: u16 = 1023;
+const STRAY_ACK_PORT: u16 = 40_999;
 /// How far an idle time measured in jiffies may stray from the sleep that made it, under
 /// emulation.
 const IDLE_TOLERANCE_MS: u64 = 400;
