@@ -216,7 +216,61 @@ pub struct Task {
     /// Thread id (kernel pid).
     pub tid: u32,
     /// Command name.
-    pub comm: String,
+    pub comm: Comm,
+}
+
+/// A task's command name as the kernel keeps it: up to 15 bytes, NUL-padded. Kept as bytes so
+/// that decoding a record allocates nothing for it; shown as text (invalid UTF-8 replaced).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Comm([u8; 16]);
+
+impl Comm {
+    /// The bytes before the first NUL.
+    pub fn as_bytes(&self) -> &[u8] {
+        let end = self.0.iter().position(|&b| b == 0).unwrap_or(self.0.len());
+        &self.0[..end]
+    }
+}
+
+impl From<[u8; 16]> for Comm {
+    fn from(raw: [u8; 16]) -> Self {
+        Self(raw)
+    }
+}
+
+impl From<&str> for Comm {
+    /// The first 15 bytes of `text`, as the kernel truncates a command name.
+    fn from(text: &str) -> Self {
+        let mut raw = [0u8; 16];
+        let len = text.len().min(15);
+        raw[..len].copy_from_slice(&text.as_bytes()[..len]);
+        Self(raw)
+    }
+}
+
+impl fmt::Display for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
+impl fmt::Debug for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.to_string())
+    }
+}
+
+impl Serialize for Comm {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Comm {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Ok(Self::from(text.as_str()))
+    }
 }
 
 /// How the connection came to be.
@@ -390,7 +444,7 @@ impl DecodeContext {
             event.task = Some(Task {
                 pid: raw.pid,
                 tid: raw.tid,
-                comm: comm_str(&raw.comm),
+                comm: raw.comm.into(),
             });
         }
         Ok(event)
@@ -413,7 +467,7 @@ impl DecodeContext {
             owner: (raw.owner_pid != 0).then(|| Task {
                 pid: raw.owner_pid,
                 tid: raw.owner_tid,
-                comm: comm_str(&raw.owner_comm),
+                comm: raw.owner_comm.into(),
             }),
             owner_cgroup: (raw.owner_pid != 0 && raw.owner_cgroup != 0).then_some(raw.owner_cgroup),
             peer_ttl: (raw.peer_ttl != 0).then_some(raw.peer_ttl),
@@ -504,11 +558,6 @@ fn runs_in_process_context(event: &TcpEvent) -> bool {
     }
 }
 
-fn comm_str(comm: &[u8; 16]) -> String {
-    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    String::from_utf8_lossy(&comm[..end]).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use keepalive_common::tcp_state::{CLOSE, ESTABLISHED};
@@ -557,6 +606,30 @@ mod tests {
     }
 
     #[test]
+    fn comm_is_bytes_shown_as_text() {
+        let comm = Comm::from(*b"python3\0\0\0\0\0\0\0\0\0");
+        assert_eq!(comm.as_bytes(), b"python3");
+        assert_eq!(comm.to_string(), "python3");
+        assert_eq!(serde_json::to_string(&comm).unwrap(), "\"python3\"");
+        let long = Comm::from("a-very-long-command-name");
+        assert_eq!(
+            long.to_string(),
+            "a-very-long-com",
+            "15 bytes, as the kernel keeps it"
+        );
+        assert_eq!(
+            serde_json::from_str::<Comm>("\"java\"").unwrap(),
+            Comm::from("java")
+        );
+        let full = Comm::from([b'x'; 16]);
+        assert_eq!(full.as_bytes().len(), 16);
+        assert_eq!(
+            Comm::from([0xff; 16]).to_string().chars().next(),
+            Some('\u{fffd}')
+        );
+    }
+
+    #[test]
     fn the_context_decodes_with_the_kernels_hz() {
         let mut raw = reasonless_reset(11, 0, 0);
         raw.flags |= flags::HAS_CONTEXT;
@@ -591,7 +664,7 @@ mod tests {
             })
         );
         assert_eq!(
-            context.owner.map(|o| (o.pid, o.comm)),
+            context.owner.map(|o| (o.pid, o.comm.to_string())),
             Some((77, "java".into()))
         );
         assert_eq!(context.peer_ttl, Some(63));

@@ -125,7 +125,7 @@ impl B {
         self.0.task = Some(Task {
             pid,
             tid: pid,
-            comm: comm.to_owned(),
+            comm: comm.into(),
         });
         self
     }

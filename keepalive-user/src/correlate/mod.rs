@@ -350,7 +350,7 @@ impl Correlator {
             local: conn.local,
             remote: conn.remote,
             pid: owner.map(|o| o.pid),
-            comm: owner.map(|o| o.comm.clone()),
+            comm: owner.map(|o| o.comm.to_string()),
             idle_ms: facts.and_then(|f| f.gap).map(|g| g.ms),
             keepalive: facts.and_then(|f| f.keepalive).map(|k| k.summary()),
             rst_ttl: facts.and_then(|f| f.rst_ttl),

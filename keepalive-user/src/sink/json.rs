@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::{HookLine, LossReport, Sink, SinkError, StartupReport, WallClock};
 use crate::{
     correlate::Finding,
-    event::{ConnectionContext, KeepaliveState, TcpEvent},
+    event::{Comm, ConnectionContext, KeepaliveState, TcpEvent},
 };
 
 /// Writes one JSON object per line and flushes it.
@@ -123,7 +123,7 @@ pub(super) struct EventRecord<'a> {
     bytes: Option<i32>,
     pid: Option<u32>,
     tid: Option<u32>,
-    comm: Option<&'a str>,
+    comm: Option<Comm>,
     netns_cookie: u64,
     context: Option<&'a ConnectionContext>,
 }
@@ -154,7 +154,7 @@ impl<'a> EventRecord<'a> {
             bytes: event.bytes,
             pid: task.map(|t| t.pid),
             tid: task.map(|t| t.tid),
-            comm: task.map(|t| t.comm.as_str()),
+            comm: task.map(|t| t.comm),
             netns_cookie: event.netns_cookie,
             context: event.context.as_ref(),
         }

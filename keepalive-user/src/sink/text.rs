@@ -147,7 +147,12 @@ pub(super) fn event_summary(event: &TcpEvent) -> String {
             );
         }
         if let Some(owner) = &context.owner {
-            let _ = write!(line, " owner={}/{}", owner.pid, quoted(&owner.comm));
+            let _ = write!(
+                line,
+                " owner={}/{}",
+                owner.pid,
+                quoted(&owner.comm.to_string())
+            );
         }
     }
     if let Some(flags) = event.tcp_flags {
@@ -157,7 +162,12 @@ pub(super) fn event_summary(event: &TcpEvent) -> String {
         let _ = write!(line, " bytes={bytes}");
     }
     if let Some(task) = &event.task {
-        let _ = write!(line, " pid={} comm={}", task.pid, quoted(&task.comm));
+        let _ = write!(
+            line,
+            " pid={} comm={}",
+            task.pid,
+            quoted(&task.comm.to_string())
+        );
     }
     let _ = write!(line, " netns={} cookie={}", event.netns, event.cookie);
     line
