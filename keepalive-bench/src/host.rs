@@ -144,6 +144,12 @@ fn meminfo_kib(meminfo: &str, key: &str) -> Option<u64> {
     })
 }
 
+/// A field of /proc/meminfo, in KiB.
+pub fn system_kib(key: &str) -> Result<u64> {
+    let meminfo = fs::read_to_string("/proc/meminfo").context("cannot read /proc/meminfo")?;
+    meminfo_kib(&meminfo, key).with_context(|| format!("no {key} in /proc/meminfo"))
+}
+
 pub fn read_trimmed(path: &str) -> Result<String> {
     Ok(fs::read_to_string(path)
         .with_context(|| format!("cannot read {path}"))?

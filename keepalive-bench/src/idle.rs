@@ -1,5 +1,5 @@
-//! Workload 4: many idle connections, held by helper processes: daemon RSS and kernel map
-//! memory.
+//! Workload 4: many idle connections, held by helper processes: daemon RSS, kernel map
+//! memory, and the kernel memory the observer adds per connection.
 
 use std::time::Duration;
 
@@ -9,12 +9,16 @@ use keepalive_lab::interrupt;
 
 use crate::daemon::Daemon;
 use crate::procs::IdleHolders;
-use crate::{Settings, Tools, bpf, host};
+use crate::{Tools, bpf, host};
 
 /// Workload 4 results.
 #[derive(Debug, Clone, Default)]
 pub struct Idle {
     pub connections: usize,
+    /// Unreclaimable slab memory the connections took without the observer, and with it:
+    /// the difference is what the observer's per-connection context costs the kernel.
+    pub slab_without_kib: u64,
+    pub slab_with_kib: u64,
     pub processes: usize,
     pub open_time: Duration,
     pub rss_before_kib: u64,
@@ -28,15 +32,24 @@ pub struct Idle {
 /// How long the idle connections may take to open.
 const IDLE_OPEN_LIMIT: Duration = Duration::from_secs(180);
 
-pub fn run(settings: &Settings, tools: &Tools) -> Result<Idle> {
+pub fn run(count: usize, tools: &Tools) -> Result<Idle> {
     interrupt::check()?;
-    let count = settings.idle_connections as usize;
-    println!("==> workload 4: {count} established idle connections");
+    println!("==> workload 4: {count} established idle connections, without and with the daemon");
+    let slab_without_kib = {
+        let before = host::system_kib("SUnreclaim")?;
+        let holders = IdleHolders::open(count, IDLE_OPEN_LIMIT)?;
+        let taken = host::system_kib("SUnreclaim")?.saturating_sub(before);
+        drop(holders);
+        taken
+    };
+    interrupt::check()?;
     let daemon = Daemon::start(&tools.daemon)?;
     let pid = daemon.pid();
     host::wait_until_idle(pid, Duration::from_millis(300), Duration::from_secs(5))?;
     let rss_before_kib = host::status_kib(pid, "VmRSS")?;
+    let slab_before = host::system_kib("SUnreclaim")?;
     let holders = IdleHolders::open(count, IDLE_OPEN_LIMIT)?;
+    let slab_with_kib = host::system_kib("SUnreclaim")?.saturating_sub(slab_before);
     host::wait_until_idle(pid, Duration::from_millis(500), Duration::from_secs(30))?;
     let rss_kib = host::status_kib(pid, "VmRSS")?;
     let peak_rss_kib = host::status_kib(pid, "VmHWM")?;
@@ -53,6 +66,8 @@ pub fn run(settings: &Settings, tools: &Tools) -> Result<Idle> {
         .collect();
     let result = Idle {
         connections: holders.connections,
+        slab_without_kib,
+        slab_with_kib,
         processes: holders.processes,
         open_time: holders.elapsed,
         rss_before_kib,

@@ -6,12 +6,16 @@
 //!    peak RSS;
 //! 3. `programs`: per-program run time with `kernel.bpf_stats_enabled=1`, next to an empty
 //!    cgroup_skb program measured the same way;
-//! 4. `idle`: many idle connections: daemon RSS and kernel map memory.
+//! 4. `idle`: many idle connections: daemon RSS, kernel map memory, and the kernel memory the
+//!    observer adds per connection (with `--million`, again with 1 000 000 connections);
+//! 5. `burst`: 20 000 linger-0 closes and 20 000 refused connects from one loop: every RST
+//!    the kernel counts must be reported.
 //!
 //! Prints a table at the end (`report`) and writes it, with the machine's description, into
 //! `docs/benchmarks.md` between markers, keeping the hand-written analysis around them.
 
 mod bpf;
+mod burst;
 mod churn;
 mod daemon;
 mod hold;
@@ -76,6 +80,10 @@ pub struct Settings {
     /// Established idle connections held open for the memory figures.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..=400_000))]
     pub idle_connections: u32,
+    /// Also hold 1 000 000 idle connections (2 000 000 sockets on loopback: several minutes and
+    /// about 8 GiB of kernel memory).
+    #[arg(long)]
+    pub million: bool,
     /// Run only these phases (repeatable); the results file is written only when all run.
     #[arg(long = "phase", value_enum, value_name = "PHASE")]
     pub phases: Vec<Phase>,
@@ -94,7 +102,12 @@ pub enum Phase {
     Programs,
     /// Workload 4: many idle connections.
     Idle,
+    /// Workload 5: a burst of resets from one loop.
+    Burst,
 }
+
+/// Idle connections of `--million`.
+const MILLION: usize = 1_000_000;
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {
     let seconds: f64 = text
@@ -176,7 +189,13 @@ pub fn run(settings: &Settings) -> Result<()> {
         results.programs = Some(programs::run(settings, &tools)?);
     }
     if wants(Phase::Idle) {
-        results.idle = Some(idle::run(settings, &tools)?);
+        results.idle = Some(idle::run(settings.idle_connections as usize, &tools)?);
+        if settings.million {
+            results.million = Some(idle::run(MILLION, &tools)?);
+        }
+    }
+    if wants(Phase::Burst) {
+        results.burst = Some(burst::run(&tools)?);
     }
     println!("\n{}", results.table());
     if all {

@@ -280,6 +280,32 @@ pub fn reset_storm(workers: usize, duration: Duration) -> Result<Outcome> {
     Ok(counters.outcome(start.elapsed()))
 }
 
+/// One thread, in turn: a linger-0 close of a fresh connection (an RST on a live socket)
+/// and a connect to a closed port (an RST refusing a SYN), `pairs` times or until `limit`.
+/// Returns the closes and refusals that happened.
+pub fn reset_burst(pairs: u64, limit: Duration) -> Result<(Outcome, Outcome)> {
+    let listener = net::listener(BACKLOG).context("cannot listen on 127.0.0.1")?;
+    let open = server_addr(&listener)?;
+    let (_reserved, closed_port) = net::closed_port().context("cannot reserve a closed port")?;
+    let closed = SocketAddrV4::new(SERVER, closed_port);
+    let stop = AtomicBool::new(false);
+    let (aborts, refusals) = (Counters::default(), Counters::default());
+    let start = Instant::now();
+    thread::scope(|scope| {
+        scope.spawn(|| accept_loop(&listener, &stop, |_| true));
+        for _ in 0..pairs {
+            if start.elapsed() >= limit || interrupt::requested() {
+                break;
+            }
+            aborts.count(abort_once(open));
+            refusals.count(refused_once(closed));
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    let elapsed = start.elapsed();
+    Ok((aborts.outcome(elapsed), refusals.outcome(elapsed)))
+}
+
 fn abort_once(addr: SocketAddrV4) -> io::Result<()> {
     let stream = net::connect(addr, None, IO_TIMEOUT)?;
     net::set_linger_zero(&stream)

@@ -5,9 +5,10 @@ use std::fmt::Write as _;
 
 mod goals;
 
-use self::goals::{Row, churn_rows, idle_rows, program_rows, storm_rows};
+use self::goals::{Row, burst_rows, churn_rows, idle_rows, program_rows, storm_rows};
 use crate::Settings;
 use crate::bpf::RunTime;
+use crate::burst::Burst;
 use crate::churn::{Churn, Mode};
 use crate::daemon::Daemon;
 use crate::host::Machine;
@@ -23,6 +24,8 @@ pub struct Results {
     pub storm: Option<Storm>,
     pub programs: Option<Programs>,
     pub idle: Option<Idle>,
+    pub million: Option<Idle>,
+    pub burst: Option<Burst>,
 }
 
 impl Results {
@@ -34,6 +37,8 @@ impl Results {
             storm: None,
             programs: None,
             idle: None,
+            million: None,
+            burst: None,
         }
     }
 
@@ -48,8 +53,11 @@ impl Results {
         if let Some(programs) = &self.programs {
             program_rows(programs, &mut rows);
         }
-        if let Some(idle) = &self.idle {
+        for idle in self.idle.iter().chain(&self.million) {
             idle_rows(idle, &mut rows);
+        }
+        if let Some(burst) = &self.burst {
+            burst_rows(burst, &mut rows);
         }
         rows
     }
@@ -113,13 +121,14 @@ impl Results {
         let _ = writeln!(
             out,
             "| settings | `--duration {} --rounds {} --workers {} --storm-duration {} \
-             --program-duration {} --idle-connections {}` |",
+             --program-duration {} --idle-connections {}{}` |",
             s.duration.as_secs_f64(),
             s.rounds,
             s.workers,
             s.storm_duration.as_secs_f64(),
             s.program_duration.as_secs_f64(),
-            s.idle_connections
+            s.idle_connections,
+            if s.million { " --million" } else { "" }
         );
         let _ = writeln!(out, "| daemon flags | `{}` |", Daemon::flags());
         let _ = writeln!(out, "| daemon hooks | {} |", m.daemon_hooks.join("<br>"));
@@ -154,7 +163,7 @@ impl Results {
         if let Some(programs) = &self.programs {
             program_table(programs, &mut out);
         }
-        if let Some(idle) = &self.idle {
+        for idle in self.idle.iter().chain(&self.million) {
             map_table(idle, &mut out);
         }
         out

@@ -93,6 +93,26 @@ pub struct Stats {
     pub events: u64,
     /// Findings made.
     pub findings: u64,
+    /// RSTs refusing a bare SYN, counted by the kernel side instead of sent.
+    #[serde(default)]
+    pub syn_refusals: u64,
+    /// Records received, by kind.
+    #[serde(default)]
+    pub events_by_kind: EventsByKind,
+}
+
+/// The record kinds a `stats` line counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct EventsByKind {
+    /// RSTs this host sent.
+    #[serde(default)]
+    pub reset_sent: u64,
+    /// RSTs this host received.
+    #[serde(default)]
+    pub reset_received: u64,
+    /// Socket errors.
+    #[serde(default)]
+    pub socket_error: u64,
 }
 
 impl Stats {
@@ -304,7 +324,7 @@ mod tests {
     #[test]
     fn reads_stats_lines_only() {
         let stats: Value = serde_json::from_str(
-            r#"{"type":"stats","kernel_lost":3,"decode_errors":0,"events":10,"findings":2,"events_by_kind":{}}"#,
+            r#"{"type":"stats","kernel_lost":3,"decode_errors":0,"events":10,"findings":2,"syn_refusals":4,"events_by_kind":{"reset_sent":7}}"#,
         )
         .unwrap();
         assert_eq!(
@@ -312,7 +332,12 @@ mod tests {
             Some(Stats {
                 kernel_lost: 3,
                 events: 10,
-                findings: 2
+                findings: 2,
+                syn_refusals: 4,
+                events_by_kind: EventsByKind {
+                    reset_sent: 7,
+                    ..EventsByKind::default()
+                },
             })
         );
         assert_eq!(

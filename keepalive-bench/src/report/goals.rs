@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::bpf::EMPTY_PROGRAM;
+use crate::burst::Burst;
 use crate::churn::{Churn, Mode};
 use crate::idle::Idle;
 use crate::load::per_second;
@@ -20,6 +21,9 @@ const PROGRAM_NS_GOAL: f64 = 150.0;
 const CPU_PER_EVENT_GOAL: Duration = Duration::from_micros(2);
 /// Daemon RSS with the idle connections open.
 const RSS_GOAL_KIB: u64 = 32 * 1024;
+/// Records per healthy churned connection: a connection that opens, talks and closes
+/// cleanly sends nothing.
+const EVENTS_PER_CONNECTION_GOAL: f64 = 0.05;
 /// Fewer runs than this in a workload are too few to judge a program's cost by.
 const MIN_RUNS: u64 = 1000;
 /// The per-packet program, compared with the empty one on the stream, whose segments almost
@@ -150,13 +154,21 @@ pub(super) fn churn_rows(churn: &Churn, rows: &mut Vec<Row>) {
         && events > 0
     {
         rows.push(Row::info(
-            "churn b: events per connection; daemon CPU per connection / per event",
+            "churn b: daemon CPU per connection / per event",
             format!(
-                "{:.1}; {:.1} µs / {:.2} µs",
-                f64::from(events) / f64::from(connections),
+                "{:.2} µs / {:.2} µs",
                 (churn.daemon_cpu / connections).as_secs_f64() * 1e6,
                 (churn.daemon_cpu / events).as_secs_f64() * 1e6
             ),
+        ));
+    }
+    if connections > 0 {
+        let per_connection = churn.daemon_events as f64 / connections as f64;
+        rows.push(Row::goal(
+            "churn b: events per connection",
+            format!("{per_connection:.4}"),
+            format!("≤ {EVENTS_PER_CONNECTION_GOAL}"),
+            per_connection <= EVENTS_PER_CONNECTION_GOAL,
         ));
     }
     rows.push(Row::info(
@@ -346,9 +358,52 @@ pub(super) fn idle_rows(idle: &Idle, rows: &mut Vec<Row>) {
         format!("idle: kernel maps memory ({} maps)", idle.maps.len()),
         mib(maps / 1024),
     ));
+    let observer_kib = idle.slab_with_kib.saturating_sub(idle.slab_without_kib);
     rows.push(Row::info(
+        "idle: kernel slab per connection without / with the daemon (both ends on this host)",
+        format!(
+            "{:.0} B / {:.0} B: the observer adds {:.0} B",
+            per_connection_bytes(idle.slab_without_kib, idle.connections),
+            per_connection_bytes(idle.slab_with_kib, idle.connections),
+            per_connection_bytes(observer_kib, idle.connections)
+        ),
+    ));
+    rows.push(Row::goal(
         "idle: events received by the daemon / lost",
         format!("{} / {}", idle.daemon.events, idle.daemon.kernel_lost),
+        "0 lost",
+        idle.daemon.kernel_lost == 0,
+    ));
+}
+
+fn per_connection_bytes(kib: u64, connections: usize) -> f64 {
+    if connections == 0 {
+        return 0.0;
+    }
+    kib as f64 * 1024.0 / connections as f64
+}
+
+pub(super) fn burst_rows(burst: &Burst, rows: &mut Vec<Row>) {
+    rows.push(Row::info(
+        "burst: linger-0 closes / refused connects (one loop)",
+        format!(
+            "{} / {} in {:.1} s",
+            burst.aborts.done,
+            burst.refusals.done,
+            burst.aborts.elapsed.as_secs_f64()
+        ),
+    ));
+    rows.push(Row::goal(
+        "burst: RSTs reported (records + refusals counted) / kernel TcpOutRsts delta",
+        format!(
+            "{} ({} + {}) / {}",
+            burst.reported(),
+            burst.daemon.events_by_kind.reset_sent,
+            burst.daemon.syn_refusals,
+            burst.out_rsts
+        ),
+        "all",
+        burst.reported() >= burst.out_rsts && burst.daemon.kernel_lost == 0,
     ));
 }
 
