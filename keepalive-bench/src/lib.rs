@@ -109,14 +109,13 @@ pub enum Phase {
 /// Idle connections of `--million`.
 const MILLION: usize = 1_000_000;
 
+/// Seconds as every tool of the project takes them, bounded to what a bench run can use.
 fn parse_seconds(text: &str) -> Result<Duration, String> {
-    let seconds: f64 = text
-        .parse()
-        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
-    if !(0.1..=3600.0).contains(&seconds) {
+    let duration = keepalive_schema::seconds::parse_seconds(text)?;
+    if !(0.1..=3600.0).contains(&duration.as_secs_f64()) {
         return Err(format!("`{text}`: expected 0.1 to 3600 seconds"));
     }
-    Ok(Duration::from_secs_f64(seconds))
+    Ok(duration)
 }
 
 /// Everything the bench needs from the machine, found once.

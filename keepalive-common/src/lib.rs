@@ -108,6 +108,9 @@ pub mod context_flags {
     /// The context was created at the handshake, not on first sight of a connection that
     /// existed before the observer started.
     pub const FROM_HANDSHAKE: u8 = 1 << 3;
+    /// A record that decides the connection's death (an RST received, or this host's RST
+    /// ending it) was sent: a later error report of the same death is not.
+    pub const DEATH_SENT: u8 = 1 << 4;
 }
 
 /// [`ProbeConfig`] argument position meaning "the function has no such argument".

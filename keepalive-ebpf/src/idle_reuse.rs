@@ -5,8 +5,8 @@
 //!
 //! The send side hooks `tcp_sendmsg_locked`, which fires before anything is transmitted:
 //! `sock_send_length` fires after the send returns, and on a fast path (loopback) the peer's
-//! ACK has already refreshed `rcv_tstamp` by then, hiding the gap. Both hooks also note the
-//! process using the socket as its owner.
+//! ACK has already refreshed `rcv_tstamp` by then, hiding the gap. The send hook also notes
+//! the process using the socket as its owner.
 
 use aya_ebpf::{helpers::bpf_jiffies64, macros::btf_tracepoint, programs::BtfTracePointContext};
 use keepalive_common::{EventKind, tcp_state};
@@ -62,10 +62,9 @@ pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let cookie = cookie_of(sk);
-    let Some(context) = context::of_tcp_sock::<Btf>(sk, || cookie, Create::No) else {
+    let Some(context) = context::of_sock(sk, || cookie, Create::No) else {
         return 0;
     };
-    context::set_owner(context);
     if context.idle_send_ns == 0 {
         return 0;
     }

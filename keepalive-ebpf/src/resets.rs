@@ -9,7 +9,7 @@
 //! functions.
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use keepalive_common::{ConnContext, EventKind, counter, flags, tcp_flags};
+use keepalive_common::{ConnContext, EventKind, context_flags, counter, flags, tcp_flags};
 
 use crate::{
     context::{self, Create},
@@ -32,7 +32,7 @@ pub fn reset_sent<M: Memory>(
     skb: *const u8,
     reason: Option<u64>,
     cookie: u64,
-    context: Option<&ConnContext>,
+    context: Option<&mut ConnContext>,
 ) {
     if !skb.is_null() && answers_bare_syn(skb) {
         count(counter::SYN_REFUSALS);
@@ -57,10 +57,13 @@ pub fn reset_sent<M: Memory>(
     if !sk.is_null() {
         fill_from_sock::<M>(&mut event, sk);
         event.cookie = cookie;
-        context::attach_to(&mut event, context);
+        context::attach_to(&mut event, context.as_deref());
     }
     if !skb.is_null() {
         fill_from_segment(&mut event, skb);
+    } else if let Some(context) = context {
+        // This RST ends the socket's own connection.
+        context.flags |= context_flags::DEATH_SENT;
     }
     submit(event);
 }
@@ -68,7 +71,7 @@ pub fn reset_sent<M: Memory>(
 /// Emits [`EventKind::ResetReceived`] for an RST that arrived on `sk`; the context holds
 /// the RST segment's TTL and flags when the ingress program saw it.
 #[inline(always)]
-pub fn reset_received<M: Memory>(sk: *const u8, cookie: u64, context: Option<&ConnContext>) {
+pub fn reset_received<M: Memory>(sk: *const u8, cookie: u64, context: Option<&mut ConnContext>) {
     if sk.is_null() {
         return;
     }
@@ -77,7 +80,10 @@ pub fn reset_received<M: Memory>(sk: *const u8, cookie: u64, context: Option<&Co
     };
     fill_from_sock::<M>(&mut event, sk);
     event.cookie = cookie;
-    context::attach_to(&mut event, context);
+    context::attach_to(&mut event, context.as_deref());
+    if let Some(context) = context {
+        context.flags |= context_flags::DEATH_SENT;
+    }
     submit(event);
 }
 
@@ -99,7 +105,7 @@ pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
     } else {
         None
     };
-    reset_sent::<Btf>(sk, skb, Some(reason), cookie, context.as_deref());
+    reset_sent::<Btf>(sk, skb, Some(reason), cookie, context);
     0
 }
 
@@ -115,7 +121,7 @@ pub fn tcp_send_reset_no_reason(ctx: BtfTracePointContext) -> i32 {
     }
     let cookie = cookie_of(sk);
     let context = context::of_tcp_sock::<Btf>(sk, || cookie, Create::Yes);
-    reset_sent::<Btf>(sk, skb, None, cookie, context.as_deref());
+    reset_sent::<Btf>(sk, skb, None, cookie, context);
     0
 }
 
@@ -124,7 +130,7 @@ pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let cookie = cookie_of(sk);
     let context = context::of_tcp_sock::<Btf>(sk, || cookie, Create::Yes);
-    reset_received::<Btf>(sk, cookie, context.as_deref());
+    reset_received::<Btf>(sk, cookie, context);
     0
 }
 

@@ -34,7 +34,7 @@ pub fn fentry_tcp_reset(ctx: FEntryContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let cookie = cookie_of(sk);
     let context = context::of_tcp_sock::<Probe>(sk, || cookie, Create::Yes);
-    reset_received::<Probe>(sk, cookie, context.as_deref());
+    reset_received::<Probe>(sk, cookie, context);
     0
 }
 
@@ -44,7 +44,7 @@ pub fn fentry_tcp_send_active_reset(ctx: FEntryContext) -> i32 {
     let reason = arg_at(&ctx, config().active_reset_reason_arg);
     let cookie = cookie_of(sk);
     let context = context::of_tcp_sock::<Probe>(sk, || cookie, Create::Yes);
-    reset_sent::<Probe>(sk, core::ptr::null(), reason, cookie, context.as_deref());
+    reset_sent::<Probe>(sk, core::ptr::null(), reason, cookie, context);
     0
 }
 

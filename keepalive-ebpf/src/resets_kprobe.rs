@@ -37,7 +37,7 @@ pub fn kprobe_tcp_reset(ctx: ProbeContext) -> u32 {
     if let Some(sk) = ctx.arg::<*const u8>(0) {
         let cookie = cookie(sk);
         let context = context::by_cookie(cookie, Create::No);
-        reset_received::<Probe>(sk, cookie, context.as_deref());
+        reset_received::<Probe>(sk, cookie, context);
     }
     0
 }
@@ -48,7 +48,7 @@ pub fn kprobe_tcp_send_active_reset(ctx: ProbeContext) -> u32 {
         let reason = arg_at(&ctx, config().active_reset_reason_arg);
         let cookie = cookie(sk);
         let context = context::by_cookie(cookie, Create::No);
-        reset_sent::<Probe>(sk, core::ptr::null(), reason, cookie, context.as_deref());
+        reset_sent::<Probe>(sk, core::ptr::null(), reason, cookie, context);
     }
     0
 }

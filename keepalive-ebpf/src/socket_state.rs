@@ -7,10 +7,12 @@
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use keepalive_common::{EventKind, context_flags, tcp_state};
 
+const IPPROTO_TCP: u16 = 6;
+
 use crate::{
     context::{self, Create},
-    emit::{new_event, now_ns, submit},
-    kernel::{Btf, cookie_of, fill_from_sock, handshake_key, is_full_tcp},
+    emit::{config, new_event, now_ns, submit},
+    kernel::{Btf, Memory, cookie_of, fill_from_sock, handshake_key, is_full_tcp},
 };
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
@@ -19,14 +21,20 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     let old = ctx.arg::<i32>(1) as u8;
     let new = ctx.arg::<i32>(2) as u8;
     use tcp_state::*;
-    // Only the transitions a rule needs touch the context; listeners are not connections.
+    // Only the transitions a rule needs touch the context, and the check costs no helper call:
+    // this runs about ten times per connection. Listeners are not connections, and a socket
+    // that reaches CLOSE from LAST_ACK or TIME_WAIT ended cleanly (its RST, if any, came from
+    // a state before those).
     let wanted = match (old, new) {
-        (_, LISTEN) | (LISTEN, CLOSE) => false,
-        (_, SYN_SENT | ESTABLISHED | CLOSE) => true,
-        (LISTEN, SYN_RECV) | (ESTABLISHED, CLOSE_WAIT | FIN_WAIT1) | (CLOSE_WAIT, LAST_ACK) => true,
+        (_, LISTEN) | (LISTEN | LAST_ACK | TIME_WAIT | CLOSING, CLOSE) => false,
+        (_, SYN_SENT | ESTABLISHED | CLOSE) | (LISTEN, SYN_RECV) | (ESTABLISHED, CLOSE_WAIT) => {
+            true
+        }
         _ => false,
     };
-    if !wanted || sk.is_null() || !is_full_tcp::<Btf>(sk) {
+    // The tracepoint also fires for other protocols' sockets; only full sockets change state.
+    if !wanted || sk.is_null() || Btf::read::<u16>(sk, config().offsets.sk_protocol) != IPPROTO_TCP
+    {
         return 0;
     }
     let Some(context) = context::of_tcp_sock::<Btf>(sk, || cookie_of(sk), Create::Yes) else {
@@ -53,22 +61,31 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
             context.flags |= context_flags::PEER_FIN_FIRST;
             context.peer_fin_ns = now_ns();
         }
-        // close() after use, in the closing task.
-        (ESTABLISHED, FIN_WAIT1) | (CLOSE_WAIT, LAST_ACK) => context::set_owner(context),
         (_, CLOSE) => context.state_before_close = old,
         _ => {}
     }
     0
 }
 
+/// Sends the error, unless an RST record of the same death went out already (the ECONNRESET
+/// after an RST received, the ECONNREFUSED after the RST refusing a connect, the ETIMEDOUT
+/// after a keepalive-timeout RST): the first record decided it. An error report without an
+/// error (`tcp_disconnect` reports one) decides nothing.
 #[btf_tracepoint(function = "inet_sk_error_report")]
 pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
-    if sk.is_null() || !is_full_tcp::<Btf>(sk) {
+    if sk.is_null() || Btf::read::<i32>(sk, config().offsets.sk_err) == 0 || !is_full_tcp::<Btf>(sk)
+    {
         return 0;
     }
     let cookie = cookie_of(sk);
     let context = context::of_tcp_sock::<Btf>(sk, || cookie, Create::Yes);
+    if context
+        .as_ref()
+        .is_some_and(|c| c.flags & context_flags::DEATH_SENT != 0)
+    {
+        return 0;
+    }
     let Some(mut event) = new_event(EventKind::SocketError) else {
         return 0;
     };

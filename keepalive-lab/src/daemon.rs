@@ -34,6 +34,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 use std::{env, io};
 
+use keepalive_schema::finding::{Finding, FindingKind, Verdict};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -307,12 +308,13 @@ pub fn is_event(line: &Value, kind: &str, local: &str, remote: &str) -> bool {
         && line["remote"] == remote
 }
 
-/// Whether a JSON line is a finding of `verdict`/`kind` for the connection seen from `local`.
-pub fn is_finding(line: &Value, verdict: &str, kind: &str, local: &str) -> bool {
+/// Whether a JSON line is a finding of `verdict`/`kind` for the connection seen from `local`,
+/// in the shape of the output schema.
+pub fn is_finding(line: &Value, verdict: Verdict, kind: FindingKind, local: &str) -> bool {
     line["type"] == "finding"
-        && line["verdict"] == verdict
-        && line["kind"] == kind
-        && line["local"] == local
+        && Finding::deserialize(line).is_ok_and(|finding| {
+            finding.verdict == verdict && finding.kind == kind && finding.local.to_string() == local
+        })
 }
 
 #[cfg(test)]
@@ -361,7 +363,8 @@ mod tests {
 
     #[test]
     fn waits_for_ready_and_reads_lines_then_stops() {
-        let script = r#"echo '{"type":"ready"}'; echo '{"type":"finding","local":"a"}'; trap 'echo "{\"type\":\"stats\",\"kernel_lost\":0,\"events\":1,\"findings\":1}"; exit 0' INT; while :; do sleep 0.01; done"#;
+        // The trap first: a SIGINT may follow the finding at once.
+        let script = r#"trap 'echo "{\"type\":\"stats\",\"kernel_lost\":0,\"events\":1,\"findings\":1}"; exit 0' INT; echo '{"type":"ready"}'; echo '{"type":"finding","local":"a"}'; while :; do sleep 0.01; done"#;
         let mut daemon = fake(script).start().expect("ready");
         assert_eq!(daemon.ready()["type"], "ready");
         let finding = daemon

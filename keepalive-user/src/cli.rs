@@ -3,6 +3,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use keepalive_schema::seconds::parse_seconds;
 
 /// Attributes every TCP reset on this host to a local close, a peer RST or a silent middlebox
 /// drop, with the idle time, keepalive settings and what to change.
@@ -102,24 +103,9 @@ pub enum Journald {
     Off,
 }
 
-fn parse_seconds(text: &str) -> Result<Duration, String> {
-    let seconds: f64 = text
-        .parse()
-        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
-    Duration::try_from_secs_f64(seconds).map_err(|_| format!("`{text}` is not a valid duration"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn seconds_parse_and_reject_nonsense() {
-        assert_eq!(parse_seconds("1.5"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_seconds("0"), Ok(Duration::ZERO));
-        assert!(parse_seconds("-1").is_err());
-        assert!(parse_seconds("soon").unwrap_err().contains("soon"));
-    }
 
     #[test]
     fn defaults_and_subcommands_parse() {

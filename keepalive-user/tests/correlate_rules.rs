@@ -286,11 +286,7 @@ impl Kernel {
             }
             (_, Established) => context.established_ns = Some(at),
             (Established, CloseWait) => context.peer_fin_ns = Some(at),
-            (Established, FinWait1) | (CloseWait, LastAck) => {
-                if let Some(task) = ev.task.clone() {
-                    context.owner = Some(task);
-                }
-            }
+            (LastAck | TimeWait | Closing, Close) => {}
             (_, Close) => context.state_before_close = Some(old),
             _ => {}
         }

@@ -99,9 +99,9 @@ fn replay_of_a_live_recording_gives_the_same_findings() {
 
 #[test]
 fn golden_recordings_replay_to_their_golden_findings() {
-    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../keepalive-schema/golden");
     let mut checked = 0;
-    for entry in std::fs::read_dir(&golden).expect("tests/golden exists") {
+    for entry in std::fs::read_dir(&golden).expect("keepalive-schema/golden exists") {
         let path = entry.unwrap().path();
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
             continue;
@@ -128,7 +128,7 @@ fn golden_recordings_replay_to_their_golden_findings() {
 fn replay_of_a_broken_file_fails_with_the_line_number() {
     let dir = std::env::temp_dir().join(format!("kao-broken-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../keepalive-schema/golden");
     let source = std::fs::read_dir(&golden)
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -17,6 +17,7 @@ use keepalive_lab::{
     flood::{ACK, send_segments},
     set_keepalive, set_linger_abort,
 };
+use keepalive_schema::finding::{FindingKind, Verdict};
 use serde_json::Value;
 
 /// How long an event or finding may take to show up (software emulation is slow).
@@ -46,15 +47,12 @@ pub fn no_socket(daemon: &mut Daemon, expect: &Expect) -> Result<String> {
         other => bail!("connect to the closed port {closed}: expected ECONNREFUSED, got {other:?}"),
     }
     let closed_s = closed.to_string();
-    let refused = daemon.wait_for("ECONNREFUSED on the client", WAIT, |v| {
-        v["event"] == "socket_error" && v["sk_err"] == 111 && v["remote"] == closed_s
+    let received = daemon.wait_for("the client's RST in SYN_SENT", WAIT, |v| {
+        v["event"] == "reset_received" && v["remote"] == closed_s && v["old_state"] == "SYN_SENT"
     })?;
-    let client = str_field(&refused, "local")?;
-    daemon.wait_for("the client's RST in SYN_SENT", WAIT, |v| {
-        is_event(v, "reset_received", &client, &closed_s) && v["old_state"] == "SYN_SENT"
-    })?;
+    let client = str_field(&received, "local")?;
     daemon.wait_for("the refused finding", WAIT, |v| {
-        is_finding(v, "peer_reset", "refused", &client)
+        is_finding(v, Verdict::PeerReset, FindingKind::Refused, &client)
     })?;
     if !expect.replies {
         return Ok("ECONNREFUSED and the client's RST seen; no hook for RSTs in reply".into());
@@ -83,13 +81,24 @@ pub fn no_socket(daemon: &mut Daemon, expect: &Expect) -> Result<String> {
         "the RST answers a bare ACK: {reset}"
     );
     daemon.wait_for("the no_socket finding", WAIT, |v| {
-        is_finding(v, "local_close", "no_socket", &closed_s)
+        is_finding(v, Verdict::LocalClose, FindingKind::NoSocket, &closed_s)
     })?;
     Ok(format!(
         "refused SYN counted (syn_refusals={}); reset_sent reason={} cookie=0 answering an ACK, \
          finding no_socket",
         stats["syn_refusals"], reset["reason"]
     ))
+}
+
+/// The first RST record of a death decides it: the error report that follows (ECONNRESET,
+/// ETIMEDOUT) for the socket at `local` is not sent.
+fn no_error_after_the_rst(daemon: &mut Daemon, local: &str) -> Result<()> {
+    let errors = daemon.all(|v| v["event"] == "socket_error" && v["local"] == local);
+    ensure!(
+        errors.is_empty(),
+        "the error report of a death an RST record decided crossed too: {errors:?}"
+    );
+    Ok(())
 }
 
 /// A client closes with `SO_LINGER {1, 0}` after an idle gap: an RST from the closing
@@ -140,14 +149,12 @@ pub fn linger_zero(daemon: &mut Daemon, expect: &Expect) -> Result<String> {
         is_event(v, "reset_received", &remote, &local)
     })?;
     check_idle(&received, "idle_rx_ms", slept)?;
-    daemon.wait_for("ECONNRESET on the server", WAIT, |v| {
-        v["event"] == "socket_error" && v["sk_err"] == 104 && v["remote"] == local
-    })?;
     daemon.wait_for("the server's peer_abort finding", WAIT, |v| {
-        is_finding(v, "peer_reset", "peer_abort", &remote)
+        is_finding(v, Verdict::PeerReset, FindingKind::PeerAbort, &remote)
     })?;
+    no_error_after_the_rst(daemon, &remote)?;
     let finding = daemon.wait_for("the linger_zero finding", WAIT, |v| {
-        is_finding(v, "local_close", "linger_zero", &local)
+        is_finding(v, Verdict::LocalClose, FindingKind::LingerZero, &local)
     })?;
     check_confirmed(&finding)?;
     Ok(format!(
@@ -175,7 +182,7 @@ pub fn unread_data(daemon: &mut Daemon, expect: &Expect) -> Result<String> {
     check_reason(&sent, expect, "TCP_ABORT_ON_CLOSE")?;
     check_own_process(&sent)?;
     let finding = daemon.wait_for("the abort_on_close finding", WAIT, |v| {
-        is_finding(v, "local_close", "abort_on_close", &local)
+        is_finding(v, Verdict::LocalClose, FindingKind::AbortOnClose, &local)
     })?;
     check_confirmed(&finding)?;
     client.shutdown(Shutdown::Both).ok();
@@ -220,12 +227,15 @@ pub fn keepalive_timeout(daemon: &mut Daemon, expect: &Expect) -> Result<String>
             shown.join(" ")
         );
     }
-    daemon.wait_for("ETIMEDOUT on the client", WAIT, |v| {
-        v["event"] == "socket_error" && v["sk_err"] == 110 && v["local"] == local
-    })?;
     let finding = daemon.wait_for("the silent_timeout finding", WAIT, |v| {
-        is_finding(v, "middlebox_drop", "silent_timeout", &local)
+        is_finding(
+            v,
+            Verdict::MiddleboxDrop,
+            FindingKind::SilentTimeout,
+            &local,
+        )
     })?;
+    no_error_after_the_rst(daemon, &local)?;
     Ok(format!(
         "keepalive timer probes {probes:?}; reset_sent reason={}; finding silent_timeout {}",
         reset["reason"], finding["confidence"]

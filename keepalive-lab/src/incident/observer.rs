@@ -1,12 +1,11 @@
 //! keepalive-observer as a user runs it: in the root namespace, JSON lines on stdout, findings
 //! only.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::events::{Events, Msg, Source};
 use crate::daemon::{self, Daemon, DaemonError, Launch, Output, Stats};
@@ -30,24 +29,8 @@ pub struct Ready {
     pub missing_signals: Vec<String>,
 }
 
-/// A finding as the observer prints it; the fields the lab shows or checks.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-pub struct Finding {
-    /// CLOCK_MONOTONIC nanoseconds of the event that decided it.
-    pub mono_ns: u64,
-    pub verdict: String,
-    pub kind: String,
-    pub confidence: String,
-    pub netns: u32,
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
-    pub idle_ms: Option<u64>,
-    pub rst_ttl: Option<u8>,
-    pub peer_ttl: Option<u8>,
-    pub reason: Option<String>,
-    pub timeout_window_ms: Option<(u64, u64)>,
-    pub advice: String,
-}
+/// A finding as the observer prints it.
+pub use keepalive_schema::finding::Finding;
 
 /// The running observer; stopped with SIGINT when dropped.
 pub struct Observer {
@@ -174,14 +157,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ready.kernel, "6.18");
-        let finding = r#"{"type":"finding","mono_ns":1,"verdict":"middlebox_drop","kind":"forged_rst",
-            "confidence":"confirmed","netns":7,"local":"198.51.100.2:4000",
-            "remote":"198.51.100.100:80","idle_ms":5500,"rst_ttl":64,"peer_ttl":63,
-            "reason":null,"timeout_window_ms":[4000,5500],"advice":"set TCP_KEEPIDLE","pid":1}"#;
+        // A finding as the real daemon printed it (the golden loopback recording's first).
+        let golden = include_str!("../../../keepalive-schema/golden/loopback.findings.jsonl");
+        let finding = golden.lines().next().expect("a golden finding");
         match parse(json(finding)) {
             Some(Msg::Finding(f)) => {
-                assert_eq!(f.timeout_window_ms, Some((4000, 5500)));
-                assert_eq!(f.remote, "198.51.100.100:80".parse().unwrap());
+                assert_eq!(f.kind.as_str(), "peer_abort");
+                assert_eq!(f.remote.ip(), std::net::Ipv4Addr::LOCALHOST);
             }
             other => panic!("expected a finding, got {other:?}"),
         }

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use keepalive_schema::finding::FindingKind;
 
 use super::client::{Applied, Client, Line, Request};
 use super::events::{Events, Msg, Source};
@@ -420,7 +421,9 @@ impl<'a> PhaseRun<'a> {
         match (finding.rst_ttl, finding.peer_ttl) {
             (Some(rst), Some(peer)) => facts.push(format!("RST TTL {rst}, server's TTL {peer}")),
             (Some(rst), None) => facts.push(format!("RST TTL {rst}")),
-            (None, _) if finding.kind == "silent_timeout" => facts.push("no RST".to_owned()),
+            (None, _) if finding.kind == FindingKind::SilentTimeout => {
+                facts.push("no RST".to_owned())
+            }
             (None, _) => {}
         }
         if let Some(reason) = &finding.reason {

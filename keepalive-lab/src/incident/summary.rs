@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use keepalive_schema::finding::Verdict;
 use serde::{Deserialize, Serialize};
 
 use super::TIMEOUT_MARGIN_S;
@@ -221,7 +222,7 @@ pub fn checks(summary: &Summary) -> Vec<Check> {
         let attributed = phase.findings.len() == phase.failed().count()
             && failed_locals == finding_locals
             && phase.findings.iter().all(|finding| {
-                finding.verdict == "middlebox_drop" && kinds.contains(&finding.kind.as_str())
+                finding.verdict == Verdict::MiddleboxDrop && kinds.contains(&finding.kind.as_str())
             });
         checks.push(Check {
             passed: attributed,
@@ -348,21 +349,28 @@ mod tests {
     }
 
     fn finding(job: u16, kind: &str, window: (u64, u64)) -> Finding {
-        Finding {
-            mono_ns: 1,
-            verdict: "middlebox_drop".to_owned(),
-            kind: kind.to_owned(),
-            confidence: "confirmed".to_owned(),
-            netns: 1,
-            local: SocketAddr::from(([198, 51, 100, 2], 40_000 + job)),
-            remote: SocketAddr::from(([198, 51, 100, 100], 80)),
-            idle_ms: Some(5500),
-            rst_ttl: Some(64),
-            peer_ttl: Some(63),
-            reason: None,
-            timeout_window_ms: Some(window),
-            advice: "set TCP_KEEPIDLE below 4 s".to_owned(),
-        }
+        serde_json::from_value(serde_json::json!({
+            "mono_ns": 1,
+            "verdict": "middlebox_drop",
+            "kind": kind,
+            "confidence": "confirmed",
+            "cookie": job,
+            "netns": 1,
+            "netns_cookie": 1,
+            "local": SocketAddr::from(([198, 51, 100, 2], 40_000 + job)),
+            "remote": SocketAddr::from(([198, 51, 100, 100], 80)),
+            "pid": null,
+            "comm": null,
+            "idle_ms": 5500,
+            "keepalive": null,
+            "rst_ttl": 64,
+            "peer_ttl": 63,
+            "reason": null,
+            "timeout_window_ms": [window.0, window.1],
+            "evidence": [],
+            "advice": "set TCP_KEEPIDLE below 4 s",
+        }))
+        .expect("a finding as the daemon prints it")
     }
 
     /// Ladder 1, 4, 7 against 5 s: job 3 resets and is retried.
@@ -438,7 +446,7 @@ mod tests {
     #[test]
     fn wrong_outcomes_fail_their_checks() {
         let mut wrong_kind = incident("peer_abort", Failure::Reset);
-        wrong_kind.findings[0].verdict = "peer_reset".to_owned();
+        wrong_kind.findings[0].verdict = Verdict::PeerReset;
         assert_eq!(failed_checks(&summary(vec![wrong_kind])).len(), 1);
 
         let mut no_finding = incident("forged_rst", Failure::Reset);

@@ -2,7 +2,7 @@
 """Re-makes the golden loopback recording with the real daemon (root).
 
     cargo build -p keepalive-user
-    sudo python3 keepalive-user/tests/golden/make-loopback.py target/debug/keepalive-observer
+    sudo python3 keepalive-schema/golden/make-loopback.py target/debug/keepalive-observer
 
 writes loopback.recording.jsonl beside this file and, by replaying it, loopback.findings.jsonl.
 Traffic goes to loopback only: a linger-0 close after a survived idle gap with keepalive on, a
