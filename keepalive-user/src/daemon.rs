@@ -1,6 +1,6 @@
 //! The live daemon: load and attach, then stream events until SIGINT or SIGTERM.
 
-use std::{fs::File, io::BufWriter};
+use std::{fs::File, io::BufWriter, os::fd::AsFd};
 
 use anyhow::Context as _;
 use keepalive_observer::{
@@ -88,6 +88,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
         }
+        pipeline.flush();
         match pipeline.take_error() {
             None => {}
             Some(PipelineError::Sink(SinkError::StdoutClosed)) => break,
@@ -106,6 +107,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     observer.drain_waiting(|bytes| pipeline.on_record(bytes));
+    pipeline.flush();
     take_counters(&mut pipeline, &observer);
     drop(observer);
     match pipeline.stats() {
@@ -148,9 +150,10 @@ pub fn open_sinks(
     journald: Journald,
     clock: WallClock,
 ) -> anyhow::Result<Box<dyn Sink + Send>> {
+    let out = buffered_stdout().context("opening standard output")?;
     let stdout: Box<dyn Sink + Send> = match format {
-        Format::Text => Box::new(TextSink::new(std::io::stdout(), clock)),
-        Format::Json => Box::new(JsonSink::new(std::io::stdout(), clock)),
+        Format::Text => Box::new(TextSink::new(out, clock)),
+        Format::Json => Box::new(JsonSink::new(out, clock)),
     };
     let journal = match journald {
         Journald::Off => None,
@@ -167,6 +170,16 @@ pub fn open_sinks(
         None => stdout,
     })
 }
+
+/// Standard output without the line buffering of `std::io::stdout()`, which writes at every
+/// newline: the sinks flush once per ring-buffer batch.
+pub fn buffered_stdout() -> std::io::Result<BufWriter<File>> {
+    let fd = std::io::stdout().as_fd().try_clone_to_owned()?;
+    Ok(BufWriter::with_capacity(STDOUT_BUFFER, File::from(fd)))
+}
+
+/// Output buffered between flushes, at most: a batch's worth of lines.
+const STDOUT_BUFFER: usize = 1 << 16;
 
 fn startup_report(observer: &Observer) -> StartupReport {
     let hooks = observer

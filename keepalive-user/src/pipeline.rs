@@ -116,6 +116,12 @@ impl Pipeline {
         }
     }
 
+    /// Hands over the output buffered since the last batch.
+    pub fn flush(&mut self) {
+        let flushed = self.sinks.flush();
+        self.keep_error(flushed.map_err(PipelineError::from));
+    }
+
     /// Writes the totals and flushes the recording.
     pub fn stats(&mut self) -> Result<(), PipelineError> {
         if let Some(recorder) = &mut self.recorder {

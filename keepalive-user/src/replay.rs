@@ -12,6 +12,7 @@ use keepalive_observer::{
 
 use crate::{
     cli::Format,
+    daemon::buffered_stdout,
     pipeline::{Pipeline, PipelineError},
 };
 
@@ -22,9 +23,10 @@ pub fn run(file: &Path, format: Format, events: bool) -> anyhow::Result<()> {
         .with_context(|| format!("reading {}", file.display()))?;
     let header = replay.header().clone();
     let clock = WallClock::from_offset_ns(header.wall_offset_ns);
+    let out = buffered_stdout().context("opening standard output")?;
     let sinks: Box<dyn Sink + Send> = match format {
-        Format::Text => Box::new(TextSink::new(std::io::stdout(), clock)),
-        Format::Json => Box::new(JsonSink::new(std::io::stdout(), clock)),
+        Format::Text => Box::new(TextSink::new(out, clock)),
+        Format::Json => Box::new(JsonSink::new(out, clock)),
     };
     let correlator = Correlator::new(CorrelatorConfig {
         sysctls: header.keepalive_sysctls,
@@ -49,6 +51,11 @@ pub fn run(file: &Path, format: Format, events: bool) -> anyhow::Result<()> {
             }
             Some(error) => return Err(error.into()),
         }
+    }
+    pipeline.flush();
+    match pipeline.take_error() {
+        None | Some(PipelineError::Sink(keepalive_observer::sink::SinkError::StdoutClosed)) => {}
+        Some(error) => return Err(error.into()),
     }
     if bad_lines > 0 {
         bail!(

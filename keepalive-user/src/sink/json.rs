@@ -24,19 +24,21 @@ impl<W: Write> JsonSink<W> {
         Self { out, clock }
     }
 
+    /// Buffers one line; [`Sink::flush`] hands it over.
     fn write(&mut self, record: &impl Serialize) -> Result<(), SinkError> {
-        let mut line = serde_json::to_vec(record)?;
-        line.push(b'\n');
-        self.out
-            .write_all(&line)
-            .and_then(|()| self.out.flush())
-            .map_err(SinkError::stdout)
+        serde_json::to_writer(&mut self.out, record)?;
+        self.out.write_all(b"\n").map_err(SinkError::stdout)
+    }
+
+    fn write_now(&mut self, record: &impl Serialize) -> Result<(), SinkError> {
+        self.write(record)?;
+        self.flush()
     }
 }
 
 impl<W: Write> Sink for JsonSink<W> {
     fn ready(&mut self, report: &StartupReport) -> Result<(), SinkError> {
-        self.write(&ReadyRecord::new(report))
+        self.write_now(&ReadyRecord::new(report))
     }
 
     fn event(&mut self, event: &TcpEvent) -> Result<(), SinkError> {
@@ -48,7 +50,11 @@ impl<W: Write> Sink for JsonSink<W> {
     }
 
     fn stats(&mut self, loss: &LossReport) -> Result<(), SinkError> {
-        self.write(&StatsRecord::new(loss))
+        self.write_now(&StatsRecord::new(loss))
+    }
+
+    fn flush(&mut self) -> Result<(), SinkError> {
+        self.out.flush().map_err(SinkError::stdout)
     }
 }
 

@@ -84,6 +84,10 @@ pub trait Sink {
     fn finding(&mut self, finding: &Finding) -> Result<(), SinkError>;
     /// Lost-event and output totals so far (periodically, and once at exit).
     fn stats(&mut self, loss: &LossReport) -> Result<(), SinkError>;
+    /// Hands over what events and findings left buffered: called once per ring-buffer batch,
+    /// so that a storm costs a write per batch, not per line. `ready` and `stats` are written
+    /// at once.
+    fn flush(&mut self) -> Result<(), SinkError>;
 }
 
 /// What was attached at start, and what the user therefore cannot see.
@@ -229,6 +233,10 @@ impl Sink for Fanout {
     fn stats(&mut self, loss: &LossReport) -> Result<(), SinkError> {
         self.each(|sink| sink.stats(loss))
     }
+
+    fn flush(&mut self) -> Result<(), SinkError> {
+        self.each(|sink| sink.flush())
+    }
 }
 
 #[cfg(test)]
@@ -366,6 +374,9 @@ mod tests {
             Err((self.0)())
         }
         fn stats(&mut self, _: &LossReport) -> Result<(), SinkError> {
+            Err((self.0)())
+        }
+        fn flush(&mut self) -> Result<(), SinkError> {
             Err((self.0)())
         }
     }

@@ -22,11 +22,16 @@ impl<W: Write> TextSink<W> {
         Self { out, clock }
     }
 
+    /// Buffers text; [`Sink::flush`] hands it over.
     fn write(&mut self, text: &str) -> Result<(), SinkError> {
         self.out
             .write_all(text.as_bytes())
-            .and_then(|()| self.out.flush())
             .map_err(SinkError::stdout)
+    }
+
+    fn write_now(&mut self, text: &str) -> Result<(), SinkError> {
+        self.write(text)?;
+        self.flush()
     }
 }
 
@@ -34,7 +39,7 @@ impl<W: Write> Sink for TextSink<W> {
     fn ready(&mut self, report: &StartupReport) -> Result<(), SinkError> {
         let mut text = startup_table(report);
         text.push_str("ready\n");
-        self.write(&text)
+        self.write_now(&text)
     }
 
     fn event(&mut self, event: &TcpEvent) -> Result<(), SinkError> {
@@ -56,7 +61,11 @@ impl<W: Write> Sink for TextSink<W> {
     }
 
     fn stats(&mut self, loss: &LossReport) -> Result<(), SinkError> {
-        self.write(&format!("{}\n", stats_summary(loss)))
+        self.write_now(&format!("{}\n", stats_summary(loss)))
+    }
+
+    fn flush(&mut self) -> Result<(), SinkError> {
+        self.out.flush().map_err(SinkError::stdout)
     }
 }
 
