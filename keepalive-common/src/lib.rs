@@ -39,7 +39,12 @@ pub mod counter {
 /// Name of the global holding the [`ProbeConfig`].
 pub const CONFIG_GLOBAL: &str = "CONFIG";
 /// Size of the ring buffer in bytes (a power of two, a multiple of the page size).
-pub const EVENTS_RING_BYTES: u32 = 1 << 22;
+///
+/// 16 MiB: about 77 000 records, a second and a half of the heaviest reset storm this
+/// project's 2-CPU machines make, for a daemon that a storm's threads keep off the CPU for a
+/// while (`cargo xtask bench`, `docs/benchmarks.md`). Healthy connections send nothing, so
+/// it is empty in normal operation; the memory is locked kernel memory charged to the daemon.
+pub const EVENTS_RING_BYTES: u32 = 1 << 24;
 
 /// What happened. Stored as `u8` in [`Event::kind`].
 #[repr(u8)]

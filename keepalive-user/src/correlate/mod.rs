@@ -135,14 +135,12 @@ impl Correlator {
         if ev.cookie == 0 {
             return None;
         }
-        let known = self.recent.get(&ev.cookie).map(|c| c.is_succeeded_by(ev));
-        match known {
-            Some(false) => {
-                let conn = self.recent.peek_mut(&ev.cookie)?;
-                conn.observe(ev);
-            }
-            Some(true) | None => {
-                if let Some(old) = self.recent.remove(&ev.cookie) {
+        match self.recent.peek_mut(&ev.cookie) {
+            Some(conn) if !conn.is_succeeded_by(ev) => conn.observe(ev),
+            known => {
+                if known.is_some()
+                    && let Some(old) = self.recent.remove(&ev.cookie)
+                {
                     release(old, out);
                 }
                 if let Some((_, evicted)) = self.recent.insert(ev.cookie, Conn::new(ev)) {
