@@ -40,11 +40,12 @@ pub mod counter {
 pub const CONFIG_GLOBAL: &str = "CONFIG";
 /// Size of the ring buffer in bytes (a power of two, a multiple of the page size).
 ///
-/// 16 MiB: about 77 000 records, a second and a half of the heaviest reset storm this
-/// project's 2-CPU machines make, for a daemon that a storm's threads keep off the CPU for a
-/// while (`cargo xtask bench`, `docs/benchmarks.md`). Healthy connections send nothing, so
-/// it is empty in normal operation; the memory is locked kernel memory charged to the daemon.
-pub const EVENTS_RING_BYTES: u32 = 1 << 24;
+/// 8 MiB: about 38 000 records, half a second of the heaviest reset storm this project's
+/// 2-CPU machines make. Healthy connections send nothing, so it is empty in normal operation
+/// and only absorbs bursts of deaths. The daemon maps it twice over (the kernel's wrap-around
+/// mapping), and that mapping counts in its RSS: 16 MiB measured 39 MiB of RSS, 4 MiB 15 MiB
+/// (`docs/benchmarks.md`).
+pub const EVENTS_RING_BYTES: u32 = 1 << 23;
 
 /// What happened. Stored as `u8` in [`Event::kind`].
 #[repr(u8)]

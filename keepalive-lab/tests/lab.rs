@@ -1,5 +1,6 @@
-//! Privileged lab tests: they create network namespaces, so they need root. Without root they
-//! print why and pass, unless `KEEPALIVE_REQUIRE_PRIVILEGED=1` asks for them to fail instead.
+//! Privileged lab tests: they create network namespaces, so they need root. They are
+//! `#[ignore]`d: a plain `cargo test` reports them as ignored, with the reason; `cargo xtask
+//! test` runs them as root (`--include-ignored`).
 //!
 //! Every wait is bounded: sockets have read and write timeouts, polls have deadlines, and the
 //! only fixed sleeps are the idle gaps the tests are about.
@@ -25,18 +26,13 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 const CT_TIMEOUT_SECS: u32 = 2;
 const IDLE_GAP: Duration = Duration::from_secs(4);
 
-/// Whether the test may run; prints why not, or panics when privileged tests are required.
-fn privileged(test: &str) -> bool {
+/// Fails a privileged test that runs without root. They are `#[ignore]`d, so a plain
+/// `cargo test` reports them as ignored; `cargo xtask test` runs them as root with
+/// `--include-ignored`.
+fn require_root(test: &str) {
     // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    assert!(
-        std::env::var_os("KEEPALIVE_REQUIRE_PRIVILEGED").is_none_or(|value| value != "1"),
-        "{test}: KEEPALIVE_REQUIRE_PRIVILEGED=1 but this test needs root"
-    );
-    println!("{test}: skipped: needs root to create network namespaces");
-    false
+    let root = unsafe { libc::geteuid() } == 0;
+    assert!(root, "{test} needs root to create network namespaces");
 }
 
 /// One server, IPv4 and IPv6, and the given middlebox.
@@ -146,10 +142,9 @@ fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
 }
 
 #[test]
+#[ignore = "needs root (eBPF programs, network namespaces): `cargo xtask test` runs it as root"]
 fn triangle_carries_ipv4_and_ipv6_through_the_middlebox() {
-    if !privileged("triangle_carries_ipv4_and_ipv6_through_the_middlebox") {
-        return;
-    }
+    require_root("triangle_carries_ipv4_and_ipv6_through_the_middlebox");
     let lab = lab(middlebox(MiddleboxMode::Reject, 30));
     let _server = serve(lab.server());
     let client = lab.client();
@@ -214,10 +209,9 @@ fn triangle_carries_ipv4_and_ipv6_through_the_middlebox() {
 }
 
 #[test]
+#[ignore = "needs root (eBPF programs, network namespaces): `cargo xtask test` runs it as root"]
 fn reject_mode_resets_a_flow_idle_longer_than_the_timeout() {
-    if !privileged("reject_mode_resets_a_flow_idle_longer_than_the_timeout") {
-        return;
-    }
+    require_root("reject_mode_resets_a_flow_idle_longer_than_the_timeout");
     let lab = lab(middlebox(MiddleboxMode::Reject, CT_TIMEOUT_SECS));
     let _server = serve(lab.server());
     let mut streams = dual_stack_pair(&lab);
@@ -239,10 +233,9 @@ fn reject_mode_resets_a_flow_idle_longer_than_the_timeout() {
 }
 
 #[test]
+#[ignore = "needs root (eBPF programs, network namespaces): `cargo xtask test` runs it as root"]
 fn drop_mode_times_out_a_flow_idle_longer_than_the_timeout() {
-    if !privileged("drop_mode_times_out_a_flow_idle_longer_than_the_timeout") {
-        return;
-    }
+    require_root("drop_mode_times_out_a_flow_idle_longer_than_the_timeout");
     let lab = lab(middlebox(MiddleboxMode::Drop, CT_TIMEOUT_SECS));
     let _server = serve(lab.server());
     let mut streams = dual_stack_pair(&lab);
@@ -260,10 +253,9 @@ fn drop_mode_times_out_a_flow_idle_longer_than_the_timeout() {
 }
 
 #[test]
+#[ignore = "needs root (eBPF programs, network namespaces): `cargo xtask test` runs it as root"]
 fn keepalive_keeps_an_idle_flow_alive() {
-    if !privileged("keepalive_keeps_an_idle_flow_alive") {
-        return;
-    }
+    require_root("keepalive_keeps_an_idle_flow_alive");
     let lab = lab(middlebox(MiddleboxMode::Reject, CT_TIMEOUT_SECS));
     let _server = serve(lab.server());
     let mut streams = dual_stack_pair(&lab);
@@ -282,10 +274,9 @@ fn keepalive_keeps_an_idle_flow_alive() {
 }
 
 #[test]
+#[ignore = "needs root (eBPF programs, network namespaces): `cargo xtask test` runs it as root"]
 fn vip_spreads_new_flows_round_robin_and_rejects_forgotten_ones() {
-    if !privileged("vip_spreads_new_flows_round_robin_and_rejects_forgotten_ones") {
-        return;
-    }
+    require_root("vip_spreads_new_flows_round_robin_and_rejects_forgotten_ones");
     let lab = Topology::builder()
         .servers(4)
         .ipv6(true)
@@ -319,10 +310,9 @@ fn vip_spreads_new_flows_round_robin_and_rejects_forgotten_ones() {
 }
 
 #[test]
+#[ignore = "needs root (eBPF programs, network namespaces): `cargo xtask test` runs it as root"]
 fn single_namespace_has_only_loopback_and_its_own_rules() {
-    if !privileged("single_namespace_has_only_loopback_and_its_own_rules") {
-        return;
-    }
+    require_root("single_namespace_has_only_loopback_and_its_own_rules");
     let netns = Netns::create("solo").expect("create");
     let links = netns.ip(&["-o", "link", "show"]).expect("ip link");
     assert_eq!(links.lines().count(), 1, "{links}");
@@ -349,10 +339,9 @@ fn single_namespace_has_only_loopback_and_its_own_rules() {
 }
 
 #[test]
+#[ignore = "needs root (eBPF programs, network namespaces): `cargo xtask test` runs it as root"]
 fn children_run_inside_and_die_with_their_guard() {
-    if !privileged("children_run_inside_and_die_with_their_guard") {
-        return;
-    }
+    require_root("children_run_inside_and_die_with_their_guard");
     let netns = Netns::create("proc").expect("create");
     let inode = netns.inode().expect("inode");
     let child_inode = |pid: u32| {
@@ -382,10 +371,9 @@ fn children_run_inside_and_die_with_their_guard() {
 }
 
 #[test]
+#[ignore = "needs root (eBPF programs, network namespaces): `cargo xtask test` runs it as root"]
 fn teardown_deletes_every_namespace_and_is_fast() {
-    if !privileged("teardown_deletes_every_namespace_and_is_fast") {
-        return;
-    }
+    require_root("teardown_deletes_every_namespace_and_is_fast");
     for (label, builder) in [
         ("1 server, IPv4", Topology::builder()),
         (
@@ -428,10 +416,9 @@ fn teardown_deletes_every_namespace_and_is_fast() {
 }
 
 #[test]
+#[ignore = "needs root (eBPF programs, network namespaces): `cargo xtask test` runs it as root"]
 fn cleanup_removes_only_namespaces_of_dead_runs() {
-    if !privileged("cleanup_removes_only_namespaces_of_dead_runs") {
-        return;
-    }
+    require_root("cleanup_removes_only_namespaces_of_dead_runs");
     let mut finished = Command::new("true").spawn().expect("spawn true");
     let dead_pid = finished.id();
     finished.wait().expect("reap true");
@@ -475,10 +462,9 @@ fn cleanup_removes_only_namespaces_of_dead_runs() {
 }
 
 #[test]
+#[ignore = "needs root (eBPF programs, network namespaces): `cargo xtask test` runs it as root"]
 fn errors_name_the_failing_command() {
-    if !privileged("errors_name_the_failing_command") {
-        return;
-    }
+    require_root("errors_name_the_failing_command");
     let netns = Netns::create("err").expect("create");
     match netns.ip(&["link", "set", "nosuchdev", "up"]) {
         Err(LabError::CommandFailed {

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Daemon, privileged};
+use common::{Daemon, require_root};
 use keepalive_lab::daemon::is_event;
 use keepalive_lab::{Keepalive, Netns, in_netns, set_keepalive, set_linger_abort};
 use serde_json::Value;
@@ -47,10 +47,9 @@ fn assert_idle_near(value: &serde_json::Value, field: &str, slept: Duration) {
 }
 
 #[test]
+#[ignore = "needs root (eBPF programs, network namespaces): `cargo xtask test` runs it as root"]
 fn connect_to_a_closed_port_is_refused_and_the_refusal_counted_not_sent() {
-    if !privileged("connect_to_a_closed_port_is_refused_and_the_refusal_counted_not_sent") {
-        return;
-    }
+    require_root("connect_to_a_closed_port_is_refused_and_the_refusal_counted_not_sent");
     let mut daemon = Daemon::start(&[]);
     // Bind and drop a listener to get a port nobody listens on.
     let closed = TcpListener::bind("127.0.0.1:0")
@@ -94,10 +93,9 @@ fn connect_to_a_closed_port_is_refused_and_the_refusal_counted_not_sent() {
 }
 
 #[test]
+#[ignore = "needs root (eBPF programs, network namespaces): `cargo xtask test` runs it as root"]
 fn linger_zero_close_sends_a_reset_from_the_closing_process() {
-    if !privileged("linger_zero_close_sends_a_reset_from_the_closing_process") {
-        return;
-    }
+    require_root("linger_zero_close_sends_a_reset_from_the_closing_process");
     let mut daemon = Daemon::start(&[]);
     let (client, mut server, client_addr, server_addr) = loopback_pair();
     set_keepalive(
@@ -146,10 +144,9 @@ fn linger_zero_close_sends_a_reset_from_the_closing_process() {
 }
 
 #[test]
+#[ignore = "needs root (eBPF programs, network namespaces): `cargo xtask test` runs it as root"]
 fn closing_with_unread_data_aborts_the_connection() {
-    if !privileged("closing_with_unread_data_aborts_the_connection") {
-        return;
-    }
+    require_root("closing_with_unread_data_aborts_the_connection");
     let mut daemon = Daemon::start(&[]);
     let (mut client, server, client_addr, server_addr) = loopback_pair();
     client.write_all(b"unread request").unwrap();
@@ -170,10 +167,9 @@ fn closing_with_unread_data_aborts_the_connection() {
 }
 
 #[test]
+#[ignore = "needs root (eBPF programs, network namespaces): `cargo xtask test` runs it as root"]
 fn unanswered_keepalive_probes_end_in_a_keepalive_timeout_reset() {
-    if !privileged("unanswered_keepalive_probes_end_in_a_keepalive_timeout_reset") {
-        return;
-    }
+    require_root("unanswered_keepalive_probes_end_in_a_keepalive_timeout_reset");
     let mut daemon = Daemon::start(&[]);
     let netns = Netns::create("katimeout").expect("create netns");
     let inode = netns.inode().unwrap();
@@ -241,10 +237,9 @@ fn assert_no_error_after_the_rst(lines: &[&Value], local: &str) {
 }
 
 #[test]
+#[ignore = "needs root (eBPF programs, network namespaces): `cargo xtask test` runs it as root"]
 fn sigint_detaches_and_prints_totals() {
-    if !privileged("sigint_detaches_and_prints_totals") {
-        return;
-    }
+    require_root("sigint_detaches_and_prints_totals");
     let daemon = Daemon::start(&[]);
     let (status, rest) = daemon.stop();
     assert!(status.success(), "exit status {status}");

@@ -1,6 +1,7 @@
-//! Privileged: the daemon's findings in the DESIGN §6 lab, client ⇄ middlebox ⇄ server, each
-//! in its own network namespace. Every test makes one kind of connection death happen and
-//! checks that the findings in its namespaces are exactly the expected ones.
+//! Privileged: the daemon's findings in the lab (keepalive-lab's `Topology`), client ⇄
+//! middlebox ⇄ server, each in its own network namespace. Every test makes one kind of
+//! connection death happen and checks that the findings in its namespaces are exactly the
+//! expected ones.
 //!
 //! Every daemon sees every event on the host, and parallel tests use the same lab addresses,
 //! so findings are matched by network namespace inode and tuple. Every wait is bounded; the
@@ -15,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Daemon, privileged};
+use common::{Daemon, require_root};
 use keepalive_lab::{
     EchoServer, Keepalive, Middlebox, MiddleboxMode, Topology, flood::syn_flood, in_netns,
     set_keepalive, set_linger_abort, set_user_timeout,
@@ -316,11 +317,9 @@ fn has_evidence(finding: &Value, needle: &str) -> bool {
 }
 
 #[test]
+#[ignore = "needs root (eBPF programs, network namespaces): `cargo xtask test` runs it as root"]
 fn server_linger_zero_close_is_a_confirmed_peer_reset_and_the_servers_local_close() {
-    if !privileged("server_linger_zero_close_is_a_confirmed_peer_reset_and_the_servers_local_close")
-    {
-        return;
-    }
+    require_root("server_linger_zero_close_is_a_confirmed_peer_reset_and_the_servers_local_close");
     let (lab, mut daemon) = Lab::start(MiddleboxMode::Reject, CT_TIMEOUT_SECS);
     let listener = lab.listen();
     let mut client = lab.connect();
@@ -352,10 +351,9 @@ fn server_linger_zero_close_is_a_confirmed_peer_reset_and_the_servers_local_clos
 }
 
 #[test]
+#[ignore = "needs root (eBPF programs, network namespaces): `cargo xtask test` runs it as root"]
 fn reject_mode_idle_expiry_is_a_forged_reset_with_ttl_evidence() {
-    if !privileged("reject_mode_idle_expiry_is_a_forged_reset_with_ttl_evidence") {
-        return;
-    }
+    require_root("reject_mode_idle_expiry_is_a_forged_reset_with_ttl_evidence");
     let (lab, mut daemon) = Lab::start(MiddleboxMode::Reject, CT_TIMEOUT_SECS);
     let _echo = lab.echo();
     let mut client = lab.connect();
@@ -385,12 +383,9 @@ fn reject_mode_idle_expiry_is_a_forged_reset_with_ttl_evidence() {
 }
 
 #[test]
+#[ignore = "needs root (eBPF programs, network namespaces): `cargo xtask test` runs it as root"]
 fn a_connection_open_before_the_daemon_started_is_judged_when_the_middlebox_resets_it() {
-    if !privileged(
-        "a_connection_open_before_the_daemon_started_is_judged_when_the_middlebox_resets_it",
-    ) {
-        return;
-    }
+    require_root("a_connection_open_before_the_daemon_started_is_judged_when_the_middlebox_resets_it");
     let lab = Lab::new(MiddleboxMode::Reject, CT_TIMEOUT_SECS);
     let _echo = lab.echo();
     let mut client = lab.connect();
@@ -430,12 +425,9 @@ fn a_connection_open_before_the_daemon_started_is_judged_when_the_middlebox_rese
 }
 
 #[test]
+#[ignore = "needs root (eBPF programs, network namespaces): `cargo xtask test` runs it as root"]
 fn a_syn_flood_to_a_closed_port_sends_no_record_and_a_real_reset_is_still_explained() {
-    if !privileged(
-        "a_syn_flood_to_a_closed_port_sends_no_record_and_a_real_reset_is_still_explained",
-    ) {
-        return;
-    }
+    require_root("a_syn_flood_to_a_closed_port_sends_no_record_and_a_real_reset_is_still_explained");
     const FLOOD: u64 = 5_000;
     let (lab, mut daemon) = Lab::start(MiddleboxMode::Reject, CT_TIMEOUT_SECS);
     let _echo = lab.echo();
@@ -478,10 +470,9 @@ fn a_syn_flood_to_a_closed_port_sends_no_record_and_a_real_reset_is_still_explai
 }
 
 #[test]
+#[ignore = "needs root (eBPF programs, network namespaces): `cargo xtask test` runs it as root"]
 fn drop_mode_idle_expiry_with_a_user_timeout_is_a_silent_timeout() {
-    if !privileged("drop_mode_idle_expiry_with_a_user_timeout_is_a_silent_timeout") {
-        return;
-    }
+    require_root("drop_mode_idle_expiry_with_a_user_timeout_is_a_silent_timeout");
     let (lab, mut daemon) = Lab::start(MiddleboxMode::Drop, CT_TIMEOUT_SECS);
     let _echo = lab.echo();
     let mut client = lab.connect();
@@ -506,10 +497,9 @@ fn drop_mode_idle_expiry_with_a_user_timeout_is_a_silent_timeout() {
 }
 
 #[test]
+#[ignore = "needs root (eBPF programs, network namespaces): `cargo xtask test` runs it as root"]
 fn unanswered_keepalive_probes_are_a_silent_timeout() {
-    if !privileged("unanswered_keepalive_probes_are_a_silent_timeout") {
-        return;
-    }
+    require_root("unanswered_keepalive_probes_are_a_silent_timeout");
     let (lab, mut daemon) = Lab::start(MiddleboxMode::Drop, CT_TIMEOUT_SECS);
     let _echo = lab.echo();
     let mut client = lab.connect();
@@ -551,10 +541,9 @@ fn unanswered_keepalive_probes_are_a_silent_timeout() {
 }
 
 #[test]
+#[ignore = "needs root (eBPF programs, network namespaces): `cargo xtask test` runs it as root"]
 fn client_abortive_close_is_a_local_close_by_the_closing_thread() {
-    if !privileged("client_abortive_close_is_a_local_close_by_the_closing_thread") {
-        return;
-    }
+    require_root("client_abortive_close_is_a_local_close_by_the_closing_thread");
     let (lab, mut daemon) = Lab::start(MiddleboxMode::Reject, CT_TIMEOUT_SECS);
     let listener = lab.listen();
     let mut client = lab.connect();
@@ -582,10 +571,9 @@ fn client_abortive_close_is_a_local_close_by_the_closing_thread() {
 }
 
 #[test]
+#[ignore = "needs root (eBPF programs, network namespaces): `cargo xtask test` runs it as root"]
 fn keepalive_below_the_middlebox_timeout_yields_no_finding() {
-    if !privileged("keepalive_below_the_middlebox_timeout_yields_no_finding") {
-        return;
-    }
+    require_root("keepalive_below_the_middlebox_timeout_yields_no_finding");
     let (lab, mut daemon) = Lab::start(MiddleboxMode::Reject, 4);
     let echo = lab.echo();
     let mut client = lab.connect();
@@ -623,10 +611,9 @@ fn keepalive_below_the_middlebox_timeout_yields_no_finding() {
 }
 
 #[test]
+#[ignore = "needs root (eBPF programs, network namespaces): `cargo xtask test` runs it as root"]
 fn sleep_ladder_learns_the_middlebox_timeout_window() {
-    if !privileged("sleep_ladder_learns_the_middlebox_timeout_window") {
-        return;
-    }
+    require_root("sleep_ladder_learns_the_middlebox_timeout_window");
     const TIMEOUT_SECS: u32 = 5;
     const GAPS_SECS: [u64; 6] = [1, 2, 3, 4, 6, 8];
     let (lab, mut daemon) = Lab::start(MiddleboxMode::Reject, TIMEOUT_SECS);

@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Daemon, privileged};
+use common::{Daemon, require_root};
 use keepalive_lab::set_linger_abort;
 use serde_json::Value;
 
@@ -38,10 +38,9 @@ fn finding_lines(text: &str) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs root (eBPF programs, network namespaces): `cargo xtask test` runs it as root"]
 fn replay_of_a_live_recording_gives_the_same_findings() {
-    if !privileged("replay_of_a_live_recording_gives_the_same_findings") {
-        return;
-    }
+    require_root("replay_of_a_live_recording_gives_the_same_findings");
     let dir = std::env::temp_dir().join(format!("kao-replay-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let recording = dir.join("live.jsonl");

@@ -369,7 +369,8 @@ mod tests {
         assert_eq!(offsets.skc_daddr, 0);
         assert_eq!(offsets.skc_rcv_saddr, 4);
         // Offsets measured with clang's offsetof against this project's machines' 6.18
-        // kernel (DESIGN.md §3); other kernels only need them to be inside the structs.
+        // kernel (the design notes handed to the project); other kernels only need them to be
+        // inside the structs.
         if std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .is_ok_and(|r| r.starts_with("6.18"))
         {

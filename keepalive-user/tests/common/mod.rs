@@ -11,19 +11,14 @@ use std::{process::ExitStatus, time::Duration};
 use keepalive_lab::daemon::{self, Launch};
 use serde_json::Value;
 
-/// Whether privileged tests can run. Without root they are skipped, saying why, unless
-/// `KEEPALIVE_REQUIRE_PRIVILEGED=1` (set by `cargo xtask test` as root and in CI), which
-/// turns a skip into a failure.
-pub fn privileged(test: &str) -> bool {
-    if keepalive_lab::is_root() {
-        return true;
-    }
+/// Fails a privileged test that runs without root. They are `#[ignore]`d, so a plain
+/// `cargo test` reports them as ignored (skipped, with the reason); `cargo xtask test` runs them
+/// as root with `--include-ignored`.
+pub fn require_root(test: &str) {
     assert!(
-        std::env::var("KEEPALIVE_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
-        "{test}: privileged tests are required here but this process is not root"
+        keepalive_lab::is_root(),
+        "{test} needs root to load eBPF programs and create network namespaces"
     );
-    eprintln!("skipped {test}: needs root to load eBPF programs");
-    false
 }
 
 /// The daemon under test, through the daemon harness of keepalive-lab; a failure panics with
