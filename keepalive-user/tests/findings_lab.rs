@@ -385,7 +385,9 @@ fn reject_mode_idle_expiry_is_a_forged_reset_with_ttl_evidence() {
 #[test]
 #[ignore = "needs root (eBPF programs, network namespaces): `cargo xtask test` runs it as root"]
 fn a_connection_open_before_the_daemon_started_is_judged_when_the_middlebox_resets_it() {
-    require_root("a_connection_open_before_the_daemon_started_is_judged_when_the_middlebox_resets_it");
+    require_root(
+        "a_connection_open_before_the_daemon_started_is_judged_when_the_middlebox_resets_it",
+    );
     let lab = Lab::new(MiddleboxMode::Reject, CT_TIMEOUT_SECS);
     let _echo = lab.echo();
     let mut client = lab.connect();
@@ -427,7 +429,9 @@ fn a_connection_open_before_the_daemon_started_is_judged_when_the_middlebox_rese
 #[test]
 #[ignore = "needs root (eBPF programs, network namespaces): `cargo xtask test` runs it as root"]
 fn a_syn_flood_to_a_closed_port_sends_no_record_and_a_real_reset_is_still_explained() {
-    require_root("a_syn_flood_to_a_closed_port_sends_no_record_and_a_real_reset_is_still_explained");
+    require_root(
+        "a_syn_flood_to_a_closed_port_sends_no_record_and_a_real_reset_is_still_explained",
+    );
     const FLOOD: u64 = 5_000;
     let (lab, mut daemon) = Lab::start(MiddleboxMode::Reject, CT_TIMEOUT_SECS);
     let _echo = lab.echo();

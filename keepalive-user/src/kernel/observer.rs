@@ -14,7 +14,8 @@ use aya::{
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, FEntry, KProbe},
 };
 use keepalive_common::{
-    CONFIG_GLOBAL, CONTEXT_HASH_ENTRIES, COUNTERS_MAP, EVENTS_MAP, NO_ARG, ProbeConfig, counter,
+    CONFIG_GLOBAL, CONTEXT_HASH_ENTRIES, CONTEXT_HASH_MAP, COUNTERS_MAP, EVENTS_MAP, NO_ARG,
+    ProbeConfig, counter,
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -158,9 +159,13 @@ impl Observer {
             reply_reset_reason_arg: reason_arg(&kernel, "tcp_v4_send_reset"),
             context_in_map: u32::from(context != ContextStore::SocketStorage),
         };
-        let mut ebpf = EbpfLoader::new()
-            .override_global(CONFIG_GLOBAL, &config, true)
-            .load(EBPF_OBJECT)?;
+        let mut loader = EbpfLoader::new();
+        loader.override_global(CONFIG_GLOBAL, &config, true);
+        if context == ContextStore::SocketStorage {
+            // The fallback map is preallocated (10 MiB at full size) and unused then.
+            loader.map_max_entries(CONTEXT_HASH_MAP, 1);
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT)?;
         let btf = Btf::from_sys_fs()?;
         let cgroup = options.cgroup.clone().or_else(cgroup2_root);
         let mut hooks = Vec::new();
