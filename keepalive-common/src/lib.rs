@@ -426,7 +426,8 @@ pub struct ProbeConfig {
     pub keepalive_timer_fn: u64,
     /// Bit number of `SOCK_KEEPOPEN` in `enum sock_flags`.
     pub sock_keepopen_bit: u32,
-    /// A send after at least this many jiffies without receiving emits [`EventKind::IdleSend`].
+    /// A send after at least this many jiffies without receiving is kept in the context as a
+    /// pending idle send (reported by the reply to it, or by the death that follows).
     pub idle_floor_jiffies: u32,
     /// Bit number of `SOCK_LINGER` in `enum sock_flags`.
     pub sock_linger_bit: u32,

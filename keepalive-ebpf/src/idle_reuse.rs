@@ -14,10 +14,8 @@ use keepalive_common::{EventKind, tcp_state};
 use crate::{
     context::{self, Create},
     emit::{config, new_event, now_ns, submit},
-    kernel::{Btf, Memory, cookie_of, fill_from_sock},
+    kernel::{Btf, Memory, cookie_of, fill_from_sock, is_tcp},
 };
-
-const IPPROTO_TCP: u16 = 6;
 
 #[btf_tracepoint(function = "tcp_sendmsg_locked")]
 pub fn tcp_sendmsg_locked(ctx: BtfTracePointContext) -> i32 {
@@ -55,10 +53,7 @@ pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let received: i32 = ctx.arg(1);
     // Every socket's receives pass here: only TCP ones with a context are looked at further.
-    if received <= 0
-        || sk.is_null()
-        || Btf::read::<u16>(sk, config().offsets.sk_protocol) != IPPROTO_TCP
-    {
+    if received <= 0 || sk.is_null() || !is_tcp::<Btf>(sk) {
         return 0;
     }
     let cookie = cookie_of(sk);

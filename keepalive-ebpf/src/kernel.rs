@@ -38,7 +38,7 @@ impl Memory for Probe {
         if state == tcp_state::TIME_WAIT || state == tcp_state::NEW_SYN_RECV {
             return None;
         }
-        (Self::read::<u16>(sk, o.sk_protocol) == IPPROTO_TCP).then_some(sk)
+        is_tcp::<Self>(sk).then_some(sk)
     }
 }
 
@@ -64,6 +64,13 @@ impl Memory for Btf {
         let tcp = unsafe { bpf_skc_to_tcp_sock(sk as *mut _) } as *const u8;
         (!tcp.is_null()).then_some(tcp)
     }
+}
+
+/// Whether `sk` is a TCP socket (of any kind: full, request or time-wait), by a plain read:
+/// cheaper than [`is_full_tcp`]'s helper call where only the protocol matters.
+#[inline(always)]
+pub fn is_tcp<M: Memory>(sk: *const u8) -> bool {
+    M::read::<u16>(sk, config().offsets.sk_protocol) == IPPROTO_TCP
 }
 
 /// Whether the socket is a full TCP socket (see [`Memory::full_tcp`]).

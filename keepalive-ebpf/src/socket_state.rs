@@ -7,12 +7,10 @@
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use keepalive_common::{EventKind, context_flags, tcp_state};
 
-const IPPROTO_TCP: u16 = 6;
-
 use crate::{
     context::{self, Create},
     emit::{config, new_event, now_ns, submit},
-    kernel::{Btf, Memory, cookie_of, fill_from_sock, handshake_key, is_full_tcp},
+    kernel::{Btf, Memory, cookie_of, fill_from_sock, handshake_key, is_full_tcp, is_tcp},
 };
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
@@ -33,8 +31,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
         _ => false,
     };
     // The tracepoint also fires for other protocols' sockets; only full sockets change state.
-    if !wanted || sk.is_null() || Btf::read::<u16>(sk, config().offsets.sk_protocol) != IPPROTO_TCP
-    {
+    if !wanted || sk.is_null() || !is_tcp::<Btf>(sk) {
         return 0;
     }
     let Some(context) = context::of_tcp_sock::<Btf>(sk, || cookie_of(sk), Create::Yes) else {
