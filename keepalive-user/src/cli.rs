@@ -40,9 +40,13 @@ pub struct RunArgs {
     /// Output format on stdout.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
-    /// Send events and findings to journald (`auto`: when its socket exists).
+    /// Send findings, the start-up report and totals to journald (`auto`: when its socket
+    /// exists).
     #[arg(long, value_enum, default_value_t = Journald::Auto)]
     pub journald: Journald,
+    /// Also send every kernel record to journald, not only findings.
+    #[arg(long)]
+    pub journald_events: bool,
     /// Report a send after at least this many seconds without traffic (feeds the learned idle
     /// timeout); 0 turns the signal off.
     #[arg(long, value_name = "SECONDS", default_value = "1", value_parser = parse_seconds)]

@@ -35,7 +35,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             Hooks::Kprobe => HookChoice::Only(HookKind::Kprobe),
         },
     })?;
-    let sinks = open_sinks(args.format, args.journald, clock)?;
+    let sinks = open_sinks(args.format, args.journald, args.journald_events, clock)?;
     let sysctls = KeepaliveSysctls::read_host()?;
     let idle_expiry_floor_ms =
         u64::try_from(args.idle_expiry_floor.as_millis()).unwrap_or(u64::MAX);
@@ -144,10 +144,12 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) {
     }
 }
 
-/// stdout in the chosen format, plus journald when asked for or (by default) when running.
+/// stdout in the chosen format, plus journald when asked for or (by default) when running:
+/// findings only there, unless `journald_events`.
 pub fn open_sinks(
     format: Format,
     journald: Journald,
+    journald_events: bool,
     clock: WallClock,
 ) -> anyhow::Result<Box<dyn Sink + Send>> {
     let out = buffered_stdout().context("opening standard output")?;
@@ -166,7 +168,10 @@ pub fn open_sinks(
         )?),
     };
     Ok(match journal {
-        Some(journal) => Box::new(Fanout::new(vec![stdout, Box::new(journal)])),
+        Some(journal) => Box::new(Fanout::new(vec![
+            stdout,
+            Box::new(journal.with_events(journald_events)),
+        ])),
         None => stdout,
     })
 }

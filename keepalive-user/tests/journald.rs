@@ -230,6 +230,7 @@ fn journald_receives_structured_fields() {
 
     let clock = WallClock::now().expect("clocks readable");
     let mut sink = JournaldSink::open(clock)
+        .map(|sink| sink.map(|sink| sink.with_events(true)))
         .expect("journal socket usable")
         .expect("journal socket exists");
     let cookie = unique_cookie();

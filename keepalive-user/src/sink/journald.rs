@@ -75,6 +75,9 @@ pub struct JournaldSink {
     socket: UnixDatagram,
     path: PathBuf,
     clock: WallClock,
+    /// Whether kernel records go to the journal too, not only findings, the start-up report
+    /// and the totals.
+    events: bool,
 }
 
 impl JournaldSink {
@@ -103,7 +106,15 @@ impl JournaldSink {
             socket,
             path: path.to_owned(),
             clock,
+            events: false,
         }))
+    }
+
+    /// Also sends every kernel record. A journal is for findings: by default records go to
+    /// stdout only, so that a host in trouble does not flood its journal.
+    pub fn with_events(mut self, events: bool) -> Self {
+        self.events = events;
+        self
     }
 
     /// Sends one entry. Entries are a few hundred bytes, far below the datagram limit, so the
@@ -122,6 +133,9 @@ impl Sink for JournaldSink {
     }
 
     fn event(&mut self, event: &TcpEvent) -> Result<(), SinkError> {
+        if !self.events {
+            return Ok(());
+        }
         let record = EventRecord::new(event, &self.clock);
         self.send(&entry(PRIORITY_INFO, event_summary(event), &record)?)
     }
@@ -395,11 +409,25 @@ mod tests {
     }
 
     #[test]
+    fn records_go_to_the_journal_only_when_asked_for() {
+        let journal = FakeJournal::bind("findings-only");
+        let mut sink = journal.sink();
+        sink.event(&testdata::event()).expect("nothing to send");
+        sink.finding(&testdata::finding()).expect("sent");
+        let first = journal.receive();
+        assert_eq!(first["RECORD_TYPE"], "finding", "{first:?}");
+    }
+
+    #[test]
     fn event_entry() {
         let journal = FakeJournal::bind("event");
         let mut event = testdata::event();
         event.sk_err = Some(104);
-        journal.sink().event(&event).expect("sent");
+        journal
+            .sink()
+            .with_events(true)
+            .event(&event)
+            .expect("sent");
         let fields = journal.receive();
         let message = event_summary(&event);
         let expected = [
@@ -524,7 +552,7 @@ mod tests {
         let mut sink = journal.sink();
         drop(journal);
         assert!(matches!(
-            sink.event(&testdata::event()),
+            sink.finding(&testdata::finding()),
             Err(SinkError::JournalSend(_))
         ));
     }
