@@ -71,6 +71,10 @@ pub enum FindingKind {
     Refused,
     /// The peer aborted an established connection.
     PeerAbort,
+    /// The peer's kernel had no connection for this flow (it restarted, its socket was
+    /// destroyed, or a load balancer sent the flow to a backend that never saw it): its RST
+    /// answered this host's segment without an ACK, as a stack with no socket does.
+    PeerLostState,
 }
 
 /// How sure the finding is.
@@ -107,6 +111,7 @@ output_names!(FindingKind {
     SilentTimeout => "silent_timeout",
     Refused => "refused",
     PeerAbort => "peer_abort",
+    PeerLostState => "peer_lost_state",
 });
 
 output_names!(Confidence {
@@ -196,6 +201,7 @@ mod tests {
             FindingKind::SilentTimeout,
             FindingKind::Refused,
             FindingKind::PeerAbort,
+            FindingKind::PeerLostState,
         ];
         for kind in kinds {
             assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());

@@ -865,7 +865,46 @@ fn matching_ttl_is_a_confirmed_peer_abort_even_after_long_idle() {
         )
     );
     assert!(has(f, "RST TTL 63 equals the peer's TTL"));
+    assert!(has(f, "the RST carries an ACK"));
     assert_eq!(f.timeout_window_ms, None);
+}
+
+#[test]
+fn an_rst_without_ack_at_the_peers_ttl_is_the_peer_having_lost_the_connection() {
+    let mut run = Run::new();
+    run.connect(1, 0, 63)
+        .feed(ev(SegmentTtl, 1, 900).segment(63, RST))
+        .feed(ev(ResetReceived, 1, 900).idle(800));
+    let f = run.only();
+    assert_eq!(
+        (f.verdict, f.kind, f.confidence),
+        (
+            Verdict::PeerReset,
+            FindingKind::PeerLostState,
+            Confidence::Confirmed
+        )
+    );
+    assert!(has(f, "the RST carries no ACK"));
+    assert!(
+        f.advice.contains("no longer had this connection"),
+        "{}",
+        f.advice
+    );
+    // The same RST in CLOSE_WAIT is a stale reuse of a connection the peer had closed.
+    let mut stale = Run::new();
+    stale
+        .connect(1, 0, 63)
+        .feed(ev(StateChange, 1, 100).states(Established, CloseWait))
+        .feed(ev(SegmentTtl, 1, 900).segment(63, RST))
+        .feed(ev(ResetReceived, 1, 900).state(CloseWait).idle(800));
+    assert_eq!(stale.only().kind, FindingKind::PeerAbort);
+    // A middlebox's RST without ACK at another distance stays forged.
+    let mut forged = Run::new();
+    forged
+        .connect(1, 0, 63)
+        .feed(ev(SegmentTtl, 1, 900).segment(64, RST))
+        .feed(ev(ResetReceived, 1, 900).idle(800));
+    assert_eq!(forged.only().kind, FindingKind::ForgedRst);
 }
 
 #[test]

@@ -344,10 +344,67 @@ fn server_linger_zero_close_is_a_confirmed_peer_reset_and_the_servers_local_clos
         has_evidence(&at_client, "equals the peer's TTL"),
         "{at_client:#}"
     );
+    assert!(
+        has_evidence(&at_client, "the RST carries an ACK"),
+        "{at_client:#}"
+    );
 
     assert_verdict(&at_server, "local_close", "linger_zero", "confirmed");
     assert_eq!(at_server["pid"], std::process::id(), "{at_server:#}");
     assert_eq!(at_server["comm"], closer, "{at_server:#}");
+}
+
+#[test]
+#[ignore = "needs root (eBPF programs, network namespaces): `cargo xtask test` runs it as root"]
+fn a_server_that_lost_the_connection_answers_with_an_rst_without_ack() {
+    require_root("a_server_that_lost_the_connection_answers_with_an_rst_without_ack");
+    let (lab, mut daemon) = Lab::start(MiddleboxMode::Reject, CT_TIMEOUT_SECS);
+    let listener = lab.listen();
+    let mut client = lab.connect();
+    let mut server = accept(&listener);
+    round_trip_between(&mut client, &mut server);
+    let (client_end, server_end) = (lab.client_end(&client), lab.server_end(&client));
+
+    // The server forgets the connection without telling the client (a crash or a restart):
+    // the RST of its abortive close is dropped on its way out.
+    let server_netns = lab.topology.server().netns();
+    server_netns
+        .nft(
+            "table inet kao_lost {\n chain out {\n  type filter hook output priority 0;\n  \
+             tcp flags & rst == rst drop\n }\n}\n",
+        )
+        .expect("nft rule dropping the server's RSTs");
+    set_linger_abort(&server).expect("SO_LINGER {1, 0}");
+    drop(server);
+    server_netns
+        .nft("delete table inet kao_lost\n")
+        .expect("remove the rule");
+    // The client's next segment meets a stack without a socket for it.
+    client.write_all(b"after the restart").expect("send");
+    let error = client
+        .read(&mut [0u8; 1])
+        .expect_err("the server has no connection");
+    assert_eq!(error.kind(), io::ErrorKind::ConnectionReset, "{error}");
+
+    let at_client = client_end.wait_finding(&mut daemon, "the client's finding", WAIT);
+    // The server's own distance, and no ACK: its kernel, not its application, answered.
+    assert_verdict(&at_client, "peer_reset", "peer_lost_state", "confirmed");
+    assert_eq!(at_client["rst_ttl"], PEER_TTL, "{at_client:#}");
+    assert_eq!(at_client["peer_ttl"], PEER_TTL, "{at_client:#}");
+    assert!(
+        has_evidence(&at_client, "the RST carries no ACK"),
+        "{at_client:#}"
+    );
+    // On the server: its abortive close, and its stack's answer to the client's segment.
+    lab.fence(&mut daemon);
+    let findings = lab.findings(&mut daemon);
+    let kinds: Vec<&str> = findings
+        .iter()
+        .filter(|v| server_end.matches(v))
+        .filter_map(|v| v["kind"].as_str())
+        .collect();
+    assert_eq!(kinds, ["linger_zero", "no_socket"], "{findings:#?}");
+    assert_eq!(findings.len(), 3, "{findings:#?}");
 }
 
 #[test]

@@ -191,6 +191,11 @@ pub(super) fn advice(input: &AdviceInput) -> String {
             "{remote} aborted the connection: check the peer application's logs for an abortive \
              close, a crash or a restart"
         ),
+        FindingKind::PeerLostState => format!(
+            "{remote} no longer had this connection (it restarted, its socket was destroyed, or \
+             a load balancer sent the flow to a backend that never saw it): retry on a new \
+             connection, and check the peer's and the load balancer's restarts and rehashing"
+        ),
         FindingKind::ForgedRst => format!(
             "a device on the path to {remote} reset the flow: check the idle and session \
              timeouts and the logs of the load balancers and firewalls in between"

@@ -6,7 +6,7 @@ use super::{
     conn::{self, Conn, Keepalive},
     rules::{Alive, Facts, Gap, GapSource, PeerTtl, Threshold},
 };
-use crate::event::{TcpEvent, TcpState};
+use crate::event::{RstSegment, TcpEvent, TcpState};
 
 /// When it is unknown since when a dying connection went unanswered, another connection's
 /// receive within this time counts as the peer being up.
@@ -19,7 +19,7 @@ impl Correlator {
         ev: &'a TcpEvent,
         conn: &'a Conn,
         state: TcpState,
-        rst_ttl: Option<u8>,
+        rst: Option<RstSegment>,
     ) -> Facts<'a> {
         let keepalive = ev
             .keepalive
@@ -65,7 +65,8 @@ impl Correlator {
             state,
             owner: conn.owner.as_ref(),
             keepalive,
-            rst_ttl,
+            rst_ttl: rst.map(|r| r.ttl),
+            rst_flags: rst.map(|r| r.flags),
             peer_ttl,
             gap,
             threshold,

@@ -230,12 +230,11 @@ impl Correlator {
     }
 
     fn on_reset_received(&mut self, ev: &TcpEvent, out: &mut Vec<Finding>) {
-        let rst_ttl = ev
+        let rst = ev
             .context
             .as_ref()
             .and_then(|c| c.rst)
-            .filter(|rst| ev.mono_ns.saturating_sub(rst.at_ns) <= RST_TTL_MAX_AGE_NS)
-            .map(|rst| rst.ttl);
+            .filter(|rst| ev.mono_ns.saturating_sub(rst.at_ns) <= RST_TTL_MAX_AGE_NS);
         let Some(conn) = self.observe(ev, out) else {
             return;
         };
@@ -249,13 +248,13 @@ impl Correlator {
         } else {
             ev.old_state
         };
-        let facts = self.facts(ev, &conn, state, rst_ttl);
+        let facts = self.facts(ev, &conn, state, rst);
         let decision = rules::reset_received(&facts);
         let finding = self.finding(ev, &conn, Some(&facts), decision);
         // In FIN_WAIT1/2 `tcp_reset` also runs when the peer sends data after our close
         // (TCP_ABORT_ON_DATA), and then this host's own RST follows. With no RST segment
         // seen, hold the verdict until the close grace ends or that RST arrives.
-        let held = rst_ttl.is_none() && matches!(state, TcpState::FinWait1 | TcpState::FinWait2);
+        let held = rst.is_none() && matches!(state, TcpState::FinWait1 | TcpState::FinWait2);
         if held && let Some(conn) = self.recent.peek_mut(&ev.cookie) {
             conn.outcome = Outcome::Provisional(Box::new(finding));
             return;

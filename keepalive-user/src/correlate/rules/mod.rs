@@ -40,6 +40,9 @@ pub(super) struct Facts<'a> {
     pub keepalive: Option<Keepalive>,
     /// TTL of the RST that just arrived.
     pub rst_ttl: Option<u8>,
+    /// TCP flags of that RST: RST alone is a stack's answer for a connection it does not
+    /// have, RST|ACK an abort by a live socket.
+    pub rst_flags: Option<u8>,
     pub peer_ttl: Option<PeerTtl>,
     /// The idle gap that ended in this death.
     pub gap: Option<Gap>,

@@ -1,5 +1,7 @@
 //! RSTs this host received: refused connections, forged RSTs, idle expiries and peer aborts.
 
+use keepalive_common::tcp_flags;
+
 use super::{
     Decision, Facts, Threshold,
     evidence::{TtlCompare, compare_ttl, idle_check},
@@ -17,8 +19,12 @@ use crate::{
 /// 2. Its TTL differs from the peer's handshake TTL: `middlebox_drop` / `forged_rst`. If the
 ///    idle-expiry test holds as well, the two independent signals agree: `confirmed`, with the
 ///    idle evidence; otherwise `likely` (a route change can also shift a TTL).
-/// 3. Its TTL equals the peer's: `peer_reset` / `peer_abort`, `confirmed`, even after a long
-///    idle gap: a device at the peer's distance is the peer host (or its own firewall).
+/// 3. Its TTL equals the peer's: the peer host (or its own firewall) sent it, even after a long
+///    idle gap. Without an ACK it is the peer's kernel answering a segment for a connection it
+///    does not have (restarted, socket destroyed, or a balancer rehashed the flow to a backend
+///    that never saw it): `peer_reset` / `peer_lost_state`; with one, the peer's application
+///    aborted a live connection: `peer_reset` / `peer_abort`. Both `confirmed`: the TTL and the
+///    flags are independent facts.
 /// 4. TTL unknown and the idle-expiry test holds: `middlebox_drop` / `idle_expiry_rst`,
 ///    `likely` against a learned bound, `possible` against the configured floor.
 /// 5. Otherwise `peer_reset` / `peer_abort`, `likely`.
@@ -49,13 +55,30 @@ pub(in crate::correlate) fn reset_received(f: &Facts) -> Decision {
             }
             d
         }
-        TtlCompare::Same(ttl_evidence) => Decision::new(
-            Verdict::PeerReset,
-            FindingKind::PeerAbort,
-            Confidence::Confirmed,
-        )
-        .with(ttl_evidence)
-        .with(idle.evidence),
+        TtlCompare::Same(ttl_evidence) => {
+            // In CLOSE_WAIT the peer closed first: a stale reuse, whatever its stack answered.
+            let lost = f.state != TcpState::CloseWait
+                && f.rst_flags.is_some_and(|flags| flags & tcp_flags::ACK == 0);
+            let (kind, flags) = if lost {
+                (
+                    FindingKind::PeerLostState,
+                    "the RST carries no ACK: the peer's kernel answered this host's segment for \
+                     a connection it does not have",
+                )
+            } else {
+                (
+                    FindingKind::PeerAbort,
+                    "the RST carries an ACK: a live socket on the peer aborted the connection",
+                )
+            };
+            let mut d = Decision::new(Verdict::PeerReset, kind, Confidence::Confirmed)
+                .with(ttl_evidence)
+                .with(idle.evidence);
+            if f.rst_flags.is_some() {
+                d.evidence.push(flags.to_owned());
+            }
+            d
+        }
         TtlCompare::Unknown(sentence) if idle.applies => {
             let confidence = match f.threshold {
                 Threshold::Learned { .. } => Confidence::Likely,
