@@ -60,7 +60,9 @@ pub use error::LabError;
 pub use middlebox::{Middlebox, MiddleboxMode};
 pub use netns::{NAME_PREFIX, NETNS_DIR, Netns, cleanup_stale, current_netns_inode, in_netns};
 pub use process::{ChildGuard, isolate};
-pub use socket::{Keepalive, abortive_close, set_keepalive, set_linger_abort, set_user_timeout};
+pub use socket::{
+    Keepalive, abortive_close, read_retrying, set_keepalive, set_linger_abort, set_user_timeout,
+};
 pub use system::{cgroup2_mount, is_root};
 pub use topology::{
     Host, LAB_NET_V4, LAB_NET_V6, MAX_SERVERS, Topology, TopologyBuilder, VIP_V4, VIP_V6,

@@ -1,7 +1,8 @@
 //! Socket options the reset tests need, set with `setsockopt` on any socket.
 
 use std::{
-    io, mem,
+    io::{self, Read},
+    mem,
     net::TcpStream,
     os::fd::{AsFd, AsRawFd, BorrowedFd},
     time::Duration,
@@ -113,6 +114,17 @@ fn set_option<T>(
             option,
             source: io::Error::last_os_error(),
         })
+    }
+}
+
+/// `read`, again after a signal interrupted it: the tests wait on reads for a connection to
+/// die, and a signal meant for another thread of the process must not end the wait early.
+pub fn read_retrying(stream: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match stream.read(buf) {
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            result => return result,
+        }
     }
 }
 

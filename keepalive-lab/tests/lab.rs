@@ -16,7 +16,8 @@ use std::{
 
 use keepalive_lab::{
     ChildGuard, EchoServer, Host, Keepalive, LabError, Middlebox, MiddleboxMode, Netns, Topology,
-    VIP_V4, VIP_V6, cleanup_stale, current_netns_inode, in_netns, set_keepalive, set_user_timeout,
+    VIP_V4, VIP_V6, cleanup_stale, current_netns_inode, in_netns, read_retrying, set_keepalive,
+    set_user_timeout,
 };
 
 const PORT: u16 = 7000;
@@ -94,9 +95,7 @@ fn send_after_idle(streams: &mut [TcpStream]) -> Vec<(io::Error, Duration)> {
     streams
         .iter_mut()
         .map(|stream| {
-            let error = stream
-                .read(&mut [0u8; 16])
-                .expect_err("the connection must die");
+            let error = read_retrying(stream, &mut [0u8; 16]).expect_err("the connection must die");
             (error, sent.elapsed())
         })
         .collect()

@@ -4,14 +4,14 @@
 mod common;
 
 use std::{
-    io::{Read as _, Write as _},
+    io::Write as _,
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
     time::{Duration, Instant},
 };
 
 use common::{Daemon, require_root};
 use keepalive_lab::daemon::is_event;
-use keepalive_lab::{Keepalive, Netns, in_netns, set_keepalive, set_linger_abort};
+use keepalive_lab::{Keepalive, Netns, in_netns, read_retrying, set_keepalive, set_linger_abort};
 use serde_json::Value;
 
 /// How far an idle time measured by the kernel (in jiffies, HZ 100 to 1000) may stray from
@@ -112,7 +112,7 @@ fn linger_zero_close_sends_a_reset_from_the_closing_process() {
     set_linger_abort(&client).unwrap();
     drop(client);
     let mut buf = [0u8; 1];
-    let error = server.read(&mut buf).expect_err("the peer aborted");
+    let error = read_retrying(&mut server, &mut buf).expect_err("the peer aborted");
     assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset);
 
     let (local, remote) = (client_addr.to_string(), server_addr.to_string());

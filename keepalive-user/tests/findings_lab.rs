@@ -19,7 +19,7 @@ use std::{
 use common::{Daemon, require_root};
 use keepalive_lab::{
     EchoServer, Keepalive, Middlebox, MiddleboxMode, Topology, flood::syn_flood, in_netns,
-    set_keepalive, set_linger_abort, set_user_timeout,
+    read_retrying, set_keepalive, set_linger_abort, set_user_timeout,
 };
 use serde_json::Value;
 
@@ -329,7 +329,7 @@ fn server_linger_zero_close_is_a_confirmed_peer_reset_and_the_servers_local_clos
     let closer = comm();
     set_linger_abort(&server).expect("SO_LINGER {1, 0}");
     drop(server);
-    let error = client.read(&mut [0u8; 1]).expect_err("the server aborted");
+    let error = read_retrying(&mut client, &mut [0u8; 1]).expect_err("the server aborted");
     assert_eq!(error.kind(), io::ErrorKind::ConnectionReset, "{error}");
 
     let (client_end, server_end) = (lab.client_end(&client), lab.server_end(&client));
@@ -381,9 +381,8 @@ fn a_server_that_lost_the_connection_answers_with_an_rst_without_ack() {
         .expect("remove the rule");
     // The client's next segment meets a stack without a socket for it.
     client.write_all(b"after the restart").expect("send");
-    let error = client
-        .read(&mut [0u8; 1])
-        .expect_err("the server has no connection");
+    let error =
+        read_retrying(&mut client, &mut [0u8; 1]).expect_err("the server has no connection");
     assert_eq!(error.kind(), io::ErrorKind::ConnectionReset, "{error}");
 
     let at_client = client_end.wait_finding(&mut daemon, "the client's finding", WAIT);
@@ -576,7 +575,7 @@ fn unanswered_keepalive_probes_are_a_silent_timeout() {
     let end = lab.client_end(&client);
     // Idle 4 s, two probes a second apart, then the reset: about 6 s.
     end.wait_finding(&mut daemon, "the keepalive timeout", WAIT);
-    let error = client.read(&mut [0u8; 1]).expect_err("keepalive gave up");
+    let error = read_retrying(&mut client, &mut [0u8; 1]).expect_err("keepalive gave up");
     assert_eq!(error.raw_os_error(), Some(libc::ETIMEDOUT), "{error}");
     let [finding] = lab.only_findings(&mut daemon, [&end]);
     assert_verdict(&finding, "middlebox_drop", "silent_timeout", "possible");
@@ -617,7 +616,7 @@ fn client_abortive_close_is_a_local_close_by_the_closing_thread() {
     let closer = comm();
     set_linger_abort(&client).expect("SO_LINGER {1, 0}");
     drop(client);
-    let error = server.read(&mut [0u8; 1]).expect_err("the client aborted");
+    let error = read_retrying(&mut server, &mut [0u8; 1]).expect_err("the client aborted");
     assert_eq!(error.kind(), io::ErrorKind::ConnectionReset, "{error}");
 
     client_end.wait_finding(&mut daemon, "the client's local close", WAIT);
@@ -653,7 +652,10 @@ fn keepalive_below_the_middlebox_timeout_yields_no_finding() {
     // An orderly close must not be a finding either: FIN, the echo server's FIN in answer.
     let (client_end, server_end) = (lab.client_end(&client), lab.server_end(&client));
     client.shutdown(Shutdown::Write).expect("FIN");
-    assert_eq!(client.read(&mut [0u8; 1]).expect("the server's FIN"), 0);
+    assert_eq!(
+        read_retrying(&mut client, &mut [0u8; 1]).expect("the server's FIN"),
+        0
+    );
     drop(client);
     lab.fence(&mut daemon);
     // The flow outlived the 4 s middlebox timeout by 6 s idle: keepalive probed and the
