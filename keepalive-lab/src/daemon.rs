@@ -80,6 +80,8 @@ pub struct Daemon {
     seen: Vec<Value>,
     ready: Value,
     stderr_file: Option<PathBuf>,
+    /// The state directory made for this daemon alone, removed with it.
+    own_state_dir: Option<PathBuf>,
     stop_timeout: Duration,
     cancelled: fn() -> bool,
     exited: Option<ExitStatus>,
@@ -297,6 +299,9 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         // Nothing to report to: a daemon that will not stop is killed, which is the clean-up.
         let _ = self.interrupt();
+        if let Some(dir) = &self.own_state_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

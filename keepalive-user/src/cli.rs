@@ -32,7 +32,19 @@ pub enum Command {
         #[arg(long)]
         events: bool,
     },
+    /// Print the idle timeouts learned per destination, as the daemon last saved them.
+    Windows {
+        /// The daemon's state directory.
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
 }
+
+/// Where the daemon keeps what it learned, by default (the unit's `StateDirectory=`).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/keepalive-observer";
 
 /// Options of the live daemon.
 #[derive(Debug, Args)]
@@ -68,9 +80,24 @@ pub struct RunArgs {
     /// `tracepoint`, `fentry` or `kprobe` use only that kind wherever a signal has one.
     #[arg(long, value_enum, default_value_t = Hooks::Auto)]
     pub hooks: Hooks,
+    /// Keep learned windows and peer TTLs in `state.json` here, across restarts (one daemon
+    /// per directory).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// Save the learned state this often when it changed (seconds), and at exit.
+    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_positive_seconds)]
+    pub state_interval: Duration,
     /// Print lost-event totals this often (seconds; 0: only at exit).
     #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
     pub stats_interval: Duration,
+}
+
+fn parse_positive_seconds(text: &str) -> Result<Duration, String> {
+    let seconds = parse_seconds(text)?;
+    if seconds.is_zero() {
+        return Err("must be more than 0".to_owned());
+    }
+    Ok(seconds)
 }
 
 /// Output format.
@@ -123,6 +150,12 @@ mod tests {
         assert_eq!(cli_hooks(&[]), Hooks::Auto);
         assert_eq!(cli_hooks(&["--hooks", "kprobe"]), Hooks::Kprobe);
         assert!(Cli::try_parse_from(["keepalive-observer", "--hooks", "uprobe"]).is_err());
+        assert!(Cli::try_parse_from(["keepalive-observer", "--state-interval", "0"]).is_err());
+        let cli = Cli::try_parse_from(["keepalive-observer", "windows", "--format", "json"]);
+        assert!(matches!(
+            cli.unwrap().command,
+            Some(Command::Windows { format: Format::Json, ref state_dir }) if state_dir.as_os_str() == DEFAULT_STATE_DIR
+        ));
     }
 
     fn cli_hooks(args: &[&str]) -> Hooks {

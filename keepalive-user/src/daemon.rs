@@ -20,6 +20,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     cli::{Format, Hooks, Journald, RunArgs},
     pipeline::{Pipeline, PipelineError},
+    saver::Saver,
 };
 
 /// Runs until interrupted; returns after detaching everything and printing the totals.
@@ -53,11 +54,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let correlator = Correlator::new(CorrelatorConfig {
+    let mut correlator = Correlator::new(CorrelatorConfig {
         sysctls,
         idle_expiry_floor_ms,
         ..CorrelatorConfig::default()
     });
+    let (mut saver, learned_state) = Saver::start(&args.state_dir, &mut correlator, clock)?;
     let mut pipeline = Pipeline::new(
         sinks,
         observer.decode.clone(),
@@ -67,7 +69,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    pipeline.ready(&startup_report(&observer))?;
+    pipeline.ready(&startup_report(&observer, learned_state))?;
     // The correlator's clock: it releases held findings and forgets closed sockets on ticks.
     let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut stats = (!args.stats_interval.is_zero()).then(|| {
@@ -76,6 +78,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             args.stats_interval,
         )
     });
+    let mut saves = tokio::time::interval_at(
+        tokio::time::Instant::now() + args.state_interval,
+        args.state_interval,
+    );
     let mut journal_failures: u64 = 0;
     loop {
         let mut print_stats = false;
@@ -85,6 +91,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
             _ = ticks.tick() => pipeline.on_tick(monotonic_ns()),
             _ = tick(&mut stats) => print_stats = true,
+            _ = saves.tick() => saver.save(pipeline.correlator()),
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
         }
@@ -110,6 +117,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     pipeline.flush();
     take_counters(&mut pipeline, &observer);
     drop(observer);
+    saver.finish(pipeline.correlator());
     match pipeline.stats() {
         Ok(()) | Err(PipelineError::Sink(SinkError::StdoutClosed)) => Ok(()),
         Err(error) => Err(error.into()),
@@ -186,7 +194,7 @@ pub fn buffered_stdout() -> std::io::Result<BufWriter<File>> {
 /// Output buffered between flushes, at most: a batch's worth of lines.
 const STDOUT_BUFFER: usize = 1 << 16;
 
-fn startup_report(observer: &Observer) -> StartupReport {
+fn startup_report(observer: &Observer, learned_state: String) -> StartupReport {
     let hooks = observer
         .hooks
         .iter()
@@ -213,5 +221,6 @@ fn startup_report(observer: &Observer) -> StartupReport {
         hooks,
         missing_signals,
         context: observer.context.describe(),
+        learned_state,
     }
 }

@@ -6,3 +6,4 @@ pub mod event;
 pub mod kernel;
 pub mod record;
 pub mod sink;
+pub mod state;

@@ -4,6 +4,8 @@ mod cli;
 mod daemon;
 mod pipeline;
 mod replay;
+mod saver;
+mod windows;
 
 use std::process::ExitCode;
 
@@ -37,6 +39,7 @@ fn main() -> ExitCode {
             format,
             events,
         }) => replay::run(&file, format, events),
+        Some(Command::Windows { state_dir, format }) => windows::run(&state_dir, format),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

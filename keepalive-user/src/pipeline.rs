@@ -54,6 +54,11 @@ impl Pipeline {
         }
     }
 
+    /// The correlator, for what it learned.
+    pub fn correlator(&self) -> &Correlator {
+        &self.correlator
+    }
+
     /// Announces the hooks and readiness.
     pub fn ready(&mut self, report: &StartupReport) -> Result<(), SinkError> {
         self.sinks.ready(report)

@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::thread;
 use std::time::Duration;
@@ -15,12 +16,14 @@ use super::output::{self, Lines, Sink};
 use super::{Daemon, DaemonError, JSON_ARGS, Output};
 
 /// How to start the daemon. The defaults: standard output read through a pipe, standard error
-/// inherited, 60 s to get ready, 10 s to exit after SIGINT.
+/// inherited, 60 s to get ready, 10 s to exit after SIGINT, and a state directory of its own
+/// (removed when it is dropped), so that no run learns from another's windows.
 pub struct Launch {
     binary: PathBuf,
     pub(super) args: Vec<OsString>,
     stdout_file: Option<PathBuf>,
     stderr_file: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
     ready_timeout: Duration,
     stop_timeout: Duration,
     cancelled: fn() -> bool,
@@ -36,6 +39,7 @@ impl Launch {
             args: JSON_ARGS.iter().map(OsString::from).collect(),
             stdout_file: None,
             stderr_file: None,
+            state_dir: None,
             ready_timeout: Duration::from_secs(60),
             stop_timeout: Duration::from_secs(10),
             cancelled: || false,
@@ -77,6 +81,13 @@ impl Launch {
     /// Standard error goes to the file `path`; errors quote its last lines.
     pub fn stderr_file(mut self, path: impl Into<PathBuf>) -> Launch {
         self.stderr_file = Some(path.into());
+        self
+    }
+
+    /// The daemon keeps its learned state in `dir` (`--state-dir`), which outlives it: for a
+    /// daemon that restarts with what an earlier one learned. The caller removes it.
+    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Launch {
+        self.state_dir = Some(dir.into());
         self
     }
 
@@ -124,8 +135,11 @@ impl Launch {
                 source: io::Error::new(io::ErrorKind::NotFound, "no such file: is it built?"),
             });
         }
+        let own_state_dir = self.state_dir.is_none().then(fresh_state_dir);
+        let state_dir = self.state_dir.as_ref().or(own_state_dir.as_ref());
         let mut command = Command::new(&self.binary);
         command.args(&self.args).stdin(Stdio::null());
+        command.arg("--state-dir").args(state_dir);
         command.stdout(match &self.stdout_file {
             Some(path) => Stdio::from(create(path)?),
             None => Stdio::piped(),
@@ -159,6 +173,7 @@ impl Launch {
             seen: Vec::new(),
             ready: Value::Null,
             stderr_file: self.stderr_file,
+            own_state_dir,
             stop_timeout: self.stop_timeout,
             cancelled: self.cancelled,
             exited: None,
@@ -185,6 +200,16 @@ fn read_stdout(child: &mut Child, forward: Option<Sink>) -> Result<Lines, Daemon
             source,
         })?;
     Ok(Lines::pipe(receiver))
+}
+
+/// A state directory no other daemon uses: the daemon creates it.
+fn fresh_state_dir() -> PathBuf {
+    static LAUNCHES: AtomicU32 = AtomicU32::new(0);
+    std::env::temp_dir().join(format!(
+        "keepalive-observer-state-{}-{}",
+        std::process::id(),
+        LAUNCHES.fetch_add(1, Ordering::Relaxed)
+    ))
 }
 
 fn create(path: &Path) -> Result<File, DaemonError> {

@@ -11,8 +11,10 @@ use crate::event::Task;
 
 /// A middlebox's default idle timeout for established TCP flows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct KnownTimeout {
+pub struct KnownTimeout {
+    /// The middlebox, e.g. "AWS NLB / NAT gateway".
     pub name: &'static str,
+    /// Its default, seconds.
     pub secs: u64,
 }
 
@@ -61,7 +63,7 @@ pub(super) const KNOWN_TIMEOUTS: &[KnownTimeout] = &[
 ];
 
 /// The known defaults inside `(lo, hi]`.
-pub(super) fn known_in(window: Window) -> Vec<KnownTimeout> {
+pub fn known_in(window: Window) -> Vec<KnownTimeout> {
     KNOWN_TIMEOUTS
         .iter()
         .copied()

@@ -84,6 +84,11 @@ impl<K: Hash + Eq, V> Lru<K, V> {
         self.entries.pop(key)
     }
 
+    /// Every entry, the least recently used first, without marking any used.
+    pub(super) fn iter_oldest_first(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.entries.iter().rev()
+    }
+
     /// The least recently used entry.
     pub(super) fn oldest(&self) -> Option<(&K, &V)> {
         self.entries.peek_lru()
@@ -104,6 +109,8 @@ mod tests {
         assert_eq!(lru.len(), 2);
         assert_eq!(lru.evicted(), 1);
         assert_eq!(lru.oldest(), Some((&1, &"a")));
+        let order: Vec<_> = lru.iter_oldest_first().map(|(&k, _)| k).collect();
+        assert_eq!(order, [1, 3]);
     }
 
     #[test]

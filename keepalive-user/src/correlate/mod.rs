@@ -27,11 +27,12 @@ mod lru;
 mod remote;
 mod rules;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
+pub use advice::{KnownTimeout, known_in as known_defaults_in};
 pub use config::{CorrelatorConfig, KeepaliveSysctls, SysctlError};
 pub use finding::{Confidence, Finding, FindingKind, KeepaliveSummary, Verdict};
-pub use learn::Window;
+pub use learn::{Learned, Window};
 
 use self::{
     conn::{Conn, Outcome},
@@ -120,6 +121,37 @@ impl Correlator {
             .and_then(|r| r.learner.window())
     }
 
+    /// What is learned per remote, least recently used first: (network namespace cookie,
+    /// remote, what was learned).
+    pub fn learned(&self) -> impl Iterator<Item = (u64, SocketAddr, Learned)> + '_ {
+        self.remotes
+            .iter_oldest_first()
+            .filter_map(|(&(netns_cookie, remote), state)| {
+                Some((netns_cookie, remote, state.learner.learned()?))
+            })
+    }
+
+    /// The last handshake TTL per peer host, least recently seen first: (network namespace
+    /// cookie, host, TTL).
+    pub fn peer_ttls(&self) -> impl Iterator<Item = (u64, IpAddr, u8)> + '_ {
+        self.host_ttls
+            .iter_oldest_first()
+            .map(|(&(netns_cookie, host), &ttl)| (netns_cookie, host, ttl))
+    }
+
+    /// Goes on from what an earlier run learned about `remote` (restored oldest first, so
+    /// that the table's eviction order is kept).
+    pub fn restore_learned(&mut self, netns_cookie: u64, remote: SocketAddr, learned: Learned) {
+        self.remotes
+            .get_or_insert_with((netns_cookie, remote), Remote::default)
+            .learner = learn::Learner::resume(learned);
+    }
+
+    /// A peer host's handshake TTL from an earlier run.
+    pub fn restore_peer_ttl(&mut self, netns_cookie: u64, host: IpAddr, ttl: u8) {
+        self.host_ttls.insert((netns_cookie, host), ttl);
+    }
+
     /// Sizes of the tables.
     pub fn stats(&self) -> TableStats {
         TableStats {
@@ -188,7 +220,7 @@ impl Correlator {
         let state = self.remotes.get_or_insert_with(key, Remote::default);
         state.heard_from(ev.cookie, ev.mono_ns);
         if let Some(idle) = context.and_then(|c| c.idle_send) {
-            state.learner.survived(idle.gap_ms, ev.remote);
+            state.learner.survived(idle.gap_ms, ev.mono_ns, ev.remote);
         }
     }
 
@@ -308,7 +340,7 @@ impl Correlator {
                 self.remotes
                     .get_or_insert_with(key, Remote::default)
                     .learner
-                    .died(gap, conn.remote);
+                    .died(gap, ev.mono_ns, conn.remote);
             }
             if let Some(remote) = self.remotes.get_mut(&key) {
                 window = remote.learner.window();

@@ -18,7 +18,7 @@ pub struct WallClock {
 
 impl WallClock {
     /// A clock with a known offset (CLOCK_REALTIME − CLOCK_MONOTONIC, nanoseconds).
-    pub fn from_offset_ns(offset_ns: i64) -> Self {
+    pub const fn from_offset_ns(offset_ns: i64) -> Self {
         Self { offset_ns }
     }
 

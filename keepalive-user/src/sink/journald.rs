@@ -213,6 +213,7 @@ fn ready_fields(report: &StartupReport) -> Vec<(String, String)> {
     fields.push(("RECORD_TYPE".into(), "ready".into()));
     fields.push(("VERSION".into(), report.version.clone()));
     fields.push(("KERNEL".into(), report.kernel.clone()));
+    fields.push(("LEARNED_STATE".into(), report.learned_state.clone()));
     for (name, list) in [
         ("HOOKS_ATTACHED", attached),
         ("HOOKS_UNAVAILABLE", unavailable),

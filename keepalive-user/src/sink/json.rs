@@ -68,6 +68,7 @@ pub(super) struct ReadyRecord<'a> {
     hooks: Vec<HookRecord<'a>>,
     missing_signals: &'a [String],
     context: &'a str,
+    learned_state: &'a str,
 }
 
 impl<'a> ReadyRecord<'a> {
@@ -79,6 +80,7 @@ impl<'a> ReadyRecord<'a> {
             hooks: report.hooks.iter().map(HookRecord::new).collect(),
             missing_signals: &report.missing_signals,
             context: &report.context,
+            learned_state: &report.learned_state,
         }
     }
 }
@@ -334,7 +336,8 @@ mod tests {
                      "status": "unavailable", "why": "kprobes are disabled"}
                 ],
                 "missing_signals": ["keepalive timer"],
-                "context": "socket storage (freed with each socket)"
+                "context": "socket storage (freed with each socket)",
+                "learned_state": "/var/lib/keepalive-observer/state.json: 2 destinations restored"
             })
         );
         assert_eq!(

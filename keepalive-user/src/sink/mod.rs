@@ -103,6 +103,8 @@ pub struct StartupReport {
     pub missing_signals: Vec<String>,
     /// Where the kernel side keeps connection context, in words.
     pub context: String,
+    /// The state file and what was restored from it, in words.
+    pub learned_state: String,
 }
 
 /// One hook tried at start.
@@ -353,6 +355,7 @@ pub(crate) mod testdata {
             ],
             missing_signals: vec!["keepalive timer".into()],
             context: "socket storage (freed with each socket)".into(),
+            learned_state: "/var/lib/keepalive-observer/state.json: 2 destinations restored".into(),
         }
     }
 }

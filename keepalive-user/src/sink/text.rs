@@ -105,6 +105,7 @@ pub(super) fn startup_table(report: &StartupReport) -> String {
     };
     let _ = writeln!(text, "missing signals: {missing}");
     let _ = writeln!(text, "connection context: {}", report.context);
+    let _ = writeln!(text, "learned state: {}", report.learned_state);
     text
 }
 
@@ -411,6 +412,7 @@ mod tests {
              keepalive timer  kprobe/tcp_keepalive_timer  unavailable: kprobes are disabled\n\
              missing signals: keepalive timer\n\
              connection context: socket storage (freed with each socket)\n\
+             learned state: /var/lib/keepalive-observer/state.json: 2 destinations restored\n\
              ready\n"
         );
     }

@@ -35,6 +35,21 @@ impl Daemon {
             .unwrap_or_else(|error| panic!("{error}"))
     }
 
+    /// Like [`Daemon::start`], keeping its learned state in `state_dir`, which outlives it.
+    pub fn start_with_state(args: &[&str], state_dir: &std::path::Path) -> Daemon {
+        Launch::new(env!("CARGO_BIN_EXE_keepalive-observer"))
+            .args(args)
+            .state_dir(state_dir)
+            .start()
+            .map(Daemon)
+            .unwrap_or_else(|error| panic!("{error}"))
+    }
+
+    /// The `ready` line.
+    pub fn ready(&self) -> &Value {
+        self.0.ready()
+    }
+
     /// The first line (already seen or still to come) that matches, or a panic listing what
     /// was seen when `timeout` passes.
     pub fn wait_for(
