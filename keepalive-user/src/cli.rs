@@ -1,8 +1,8 @@
 //! Command-line interface.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum, builder::TypedValueParser as _};
 use keepalive_schema::seconds::parse_seconds;
 
 /// Attributes every TCP reset on this host to a local close, a peer RST or a silent middlebox
@@ -87,6 +87,15 @@ pub struct RunArgs {
     /// Save the learned state this often when it changed (seconds), and at exit.
     #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_positive_seconds)]
     pub state_interval: Duration,
+    /// Serve Prometheus metrics (OpenMetrics text) at http://ADDR/metrics, e.g.
+    /// 127.0.0.1:9977; off unless given.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+    /// Destinations whose learned idle-timeout window gets a metric series of its own (the
+    /// most recently used); the others are folded into destination="other".
+    #[arg(long, value_name = "N", default_value_t = keepalive_observer::metrics::DEFAULT_DESTINATIONS,
+          value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]
+    pub metrics_destinations: usize,
     /// Print lost-event totals this often (seconds; 0: only at exit).
     #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
     pub stats_interval: Duration,

@@ -9,6 +9,7 @@ use keepalive_observer::{
         hooks::{HookChoice, HookKind},
         observer::{LoadOptions, Observer},
     },
+    metrics::{Metrics, server::MetricsServer},
     record::{RecordHeader, Recorder},
     sink::{
         Fanout, HookLine, HookStatus, JournaldSink, JsonSink, Sink, SinkError, StartupReport,
@@ -60,16 +61,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ..CorrelatorConfig::default()
     });
     let (mut saver, learned_state) = Saver::start(&args.state_dir, &mut correlator, clock)?;
+    let metrics = match args.metrics {
+        Some(addr) => Some(serve_metrics(addr, args.metrics_destinations).await?),
+        None => None,
+    };
     let mut pipeline = Pipeline::new(
         sinks,
         observer.decode.clone(),
         correlator,
         recorder,
         !args.findings_only,
-    );
+    )
+    .with_metrics(metrics);
     let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    pipeline.ready(&startup_report(&observer, learned_state))?;
+    let report = startup_report(&observer, learned_state);
+    if let Some(metrics) = pipeline.metrics() {
+        metrics.startup(&report);
+    }
+    pipeline.ready(&report)?;
     // The correlator's clock: it releases held findings and forgets closed sockets on ticks.
     let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut stats = (!args.stats_interval.is_zero()).then(|| {
@@ -89,7 +99,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             drained = observer.next_batch(|bytes| pipeline.on_record(bytes)) => {
                 drained.context("reading the ring buffer")?;
             }
-            _ = ticks.tick() => pipeline.on_tick(monotonic_ns()),
+            _ = ticks.tick() => {
+                pipeline.on_tick(monotonic_ns());
+                update_metrics(&mut pipeline, &observer);
+            }
             _ = tick(&mut stats) => print_stats = true,
             _ = saves.tick() => saver.save(pipeline.correlator()),
             _ = interrupt.recv() => break,
@@ -121,6 +134,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     match pipeline.stats() {
         Ok(()) | Err(PipelineError::Sink(SinkError::StdoutClosed)) => Ok(()),
         Err(error) => Err(error.into()),
+    }
+}
+
+/// Binds the metrics endpoint and serves it from a task of this runtime.
+async fn serve_metrics(addr: std::net::SocketAddr, destinations: usize) -> anyhow::Result<Metrics> {
+    let server = MetricsServer::bind(addr).await?;
+    let metrics = Metrics::new(destinations);
+    tokio::spawn(server.serve(metrics.registry()));
+    Ok(metrics)
+}
+
+/// Brings the metrics that mirror totals kept elsewhere up to date (once a second).
+fn update_metrics(pipeline: &mut Pipeline, observer: &Observer) {
+    if pipeline.metrics().is_none() {
+        return;
+    }
+    take_counters(pipeline, observer);
+    if let Some(metrics) = pipeline.metrics() {
+        metrics.totals(&pipeline.loss);
+        metrics.ring_fill(observer.ring_fill());
     }
 }
 

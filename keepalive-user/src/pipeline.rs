@@ -6,6 +6,7 @@ use std::{fs::File, io::BufWriter};
 use keepalive_observer::{
     correlate::{Correlator, Finding},
     event::{DecodeContext, TcpEvent},
+    metrics::Metrics,
     record::{RecordError, Recorder},
     sink::{LossReport, Sink, SinkError, StartupReport},
 };
@@ -28,6 +29,7 @@ pub struct Pipeline {
     correlator: Correlator,
     recorder: Option<Recorder<BufWriter<File>>>,
     print_events: bool,
+    metrics: Option<Metrics>,
     /// Totals for the stats lines.
     pub loss: LossReport,
     failed: Option<PipelineError>,
@@ -49,6 +51,7 @@ impl Pipeline {
             correlator,
             recorder,
             print_events,
+            metrics: None,
             loss: LossReport::default(),
             failed: None,
         }
@@ -57,6 +60,17 @@ impl Pipeline {
     /// The correlator, for what it learned.
     pub fn correlator(&self) -> &Correlator {
         &self.correlator
+    }
+
+    /// Also counts what passes in `metrics`.
+    pub fn with_metrics(mut self, metrics: Option<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The metrics, when kept.
+    pub fn metrics(&self) -> Option<&Metrics> {
+        self.metrics.as_ref()
     }
 
     /// Announces the hooks and readiness.
@@ -97,6 +111,12 @@ impl Pipeline {
             self.keep_error(written.map_err(PipelineError::from));
         }
         let findings = self.correlator.on_event(event);
+        if let Some(metrics) = &mut self.metrics {
+            let window = self
+                .correlator
+                .timeout_window(event.netns_cookie, event.remote);
+            metrics.event(event, window);
+        }
         self.emit(&findings);
     }
 
@@ -116,6 +136,12 @@ impl Pipeline {
     fn emit(&mut self, findings: &[Finding]) {
         for finding in findings {
             self.loss.count_finding();
+            if let Some(metrics) = &mut self.metrics {
+                let window = self
+                    .correlator
+                    .timeout_window(finding.netns_cookie, finding.remote);
+                metrics.finding(finding, window);
+            }
             let written = self.sinks.finding(finding);
             self.keep_error(written.map_err(PipelineError::from));
         }

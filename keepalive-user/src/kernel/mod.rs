@@ -6,3 +6,4 @@ pub mod hooks;
 pub mod hz;
 pub mod kallsyms;
 pub mod observer;
+pub mod ring_fill;

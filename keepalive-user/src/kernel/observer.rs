@@ -4,6 +4,7 @@ use std::{
     collections::BTreeSet,
     fs::File,
     io,
+    os::fd::AsFd,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -14,8 +15,8 @@ use aya::{
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, FEntry, KProbe},
 };
 use keepalive_common::{
-    CONFIG_GLOBAL, CONTEXT_HASH_ENTRIES, CONTEXT_HASH_MAP, COUNTERS_MAP, EVENTS_MAP, NO_ARG,
-    ProbeConfig, counter,
+    CONFIG_GLOBAL, CONTEXT_HASH_ENTRIES, CONTEXT_HASH_MAP, COUNTERS_MAP, EVENTS_MAP,
+    EVENTS_RING_BYTES, NO_ARG, ProbeConfig, counter,
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -24,6 +25,7 @@ use super::{
     hooks::{FunctionTarget, Hook, HookChoice, HookKind, HookOutcome, SIGNALS, TracepointReason},
     hz::{HzError, kernel_hz},
     kallsyms::symbol_address,
+    ring_fill::{RingFill, RingPositions},
 };
 use crate::event::DecodeContext;
 
@@ -72,6 +74,9 @@ pub enum LoadError {
         /// What aya said.
         source: aya::maps::MapError,
     },
+    /// The ring buffer's positions could not be mapped for reading its fill.
+    #[error("mapping the ring buffer's positions (mmap): {0}")]
+    RingPositions(#[source] io::Error),
     /// The ring buffer could not be registered with the async runtime.
     #[error("registering the ring buffer with the runtime: {0}")]
     Runtime(io::Error),
@@ -127,6 +132,8 @@ pub struct KernelCounters {
 pub struct Observer {
     _ebpf: Ebpf,
     events: AsyncFd<RingBuf<MapData>>,
+    positions: RingPositions,
+    fill: RingFill,
     counters: PerCpuArray<MapData, u64>,
     /// What each signal got.
     pub hooks: Vec<HookOutcome>,
@@ -222,6 +229,7 @@ impl Observer {
             name: COUNTERS_MAP,
             source,
         })?;
+        let positions = RingPositions::map(events.as_fd()).map_err(LoadError::RingPositions)?;
         // SAFETY: the ring buffer owns its map's file descriptor and keeps it open, unchanged,
         // for as long as it lives, which is as long as the AsyncFd that owns it.
         let events = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
@@ -239,6 +247,11 @@ impl Observer {
         Ok(Self {
             _ebpf: ebpf,
             events,
+            positions,
+            fill: RingFill {
+                size_bytes: u64::from(EVENTS_RING_BYTES),
+                ..RingFill::default()
+            },
             counters,
             hooks,
             context,
@@ -249,7 +262,11 @@ impl Observer {
     /// Waits until the kernel wakes the reader (the ring buffer is filling up) or
     /// [`DRAIN_INTERVAL`] passes, then hands each waiting record's bytes to `each`.
     pub async fn next_batch(&mut self, mut each: impl FnMut(&[u8])) -> io::Result<()> {
-        match tokio::time::timeout(DRAIN_INTERVAL, self.events.readable_mut()).await {
+        let woken = tokio::time::timeout(DRAIN_INTERVAL, self.events.readable_mut()).await;
+        let waiting = self.positions.waiting();
+        self.fill.used_bytes = waiting;
+        self.fill.peak_bytes = self.fill.peak_bytes.max(waiting);
+        match woken {
             Ok(guard) => {
                 let mut guard = guard?;
                 drain(guard.get_inner_mut(), &mut each);
@@ -264,6 +281,11 @@ impl Observer {
     /// before detaching, so that events from just before a SIGINT are not left unread.
     pub fn drain_waiting(&mut self, mut each: impl FnMut(&[u8])) {
         drain(self.events.get_mut(), &mut each);
+    }
+
+    /// How full the ring buffer was when the reader last began a drain, and at most.
+    pub fn ring_fill(&self) -> RingFill {
+        self.fill
     }
 
     /// What the kernel programs counted, summed over CPUs.
