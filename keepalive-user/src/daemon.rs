@@ -79,6 +79,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(metrics) = pipeline.metrics() {
         metrics.startup(&report);
     }
+    update_metrics(&mut pipeline, &observer);
     pipeline.ready(&report)?;
     // The correlator's clock: it releases held findings and forgets closed sockets on ticks.
     let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));

@@ -33,6 +33,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("busybox-static", "cargo xtask vm-test (guest shell)"),
     ("lz4", "cargo xtask vm-test (6.1 kernel image)"),
     ("zstd", "cargo xtask vm-test (6.12 kernel image)"),
+    (
+        "prometheus",
+        "the metrics tests (promtool test rules, a Prometheus server scraping the daemon)",
+    ),
 ];
 /// The journald test starts this binary when no journal runs; package `systemd` provides it.
 const JOURNALD: &str = "/lib/systemd/systemd-journald";
