@@ -62,8 +62,14 @@ impl Pipeline {
         &self.correlator
     }
 
-    /// Also counts what passes in `metrics`.
-    pub fn with_metrics(mut self, metrics: Option<Metrics>) -> Self {
+    /// Also counts what passes in `metrics`, which show the windows learned so far (restored
+    /// from the state file) at once.
+    pub fn with_metrics(mut self, mut metrics: Option<Metrics>) -> Self {
+        if let Some(metrics) = &mut metrics {
+            for (netns_cookie, remote, _) in self.correlator.learned() {
+                metrics.window(remote, self.correlator.timeout_window(netns_cookie, remote));
+            }
+        }
         self.metrics = metrics;
         self
     }

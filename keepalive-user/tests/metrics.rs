@@ -43,6 +43,16 @@ struct Lab {
     port: u16,
     metrics: SocketAddr,
     daemon: Daemon,
+    state: StateDir,
+}
+
+/// The daemons' state directory, removed on drop.
+struct StateDir(PathBuf);
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 impl Lab {
@@ -56,19 +66,41 @@ impl Lab {
             .build()
             .expect("build the lab");
         let client_netns = topology.client().netns().inode().expect("client inode");
-        let metrics = free_loopback_port();
-        let daemon = Daemon::start(&[
-            "--idle-expiry-floor",
-            "2",
-            "--metrics",
-            &metrics.to_string(),
-        ]);
+        let state = StateDir(
+            std::env::temp_dir().join(format!("kao-{}-metrics-{port}-state", std::process::id())),
+        );
+        let (metrics, daemon) = start_daemon(&state);
         Lab {
             topology,
             client_netns,
             port,
             metrics,
             daemon,
+            state,
+        }
+    }
+
+    /// Stops the daemon, then starts another with the same state directory (which takes one
+    /// daemon at a time).
+    fn restart(self) -> Lab {
+        let Lab {
+            topology,
+            client_netns,
+            port,
+            daemon,
+            state,
+            ..
+        } = self;
+        let (status, _) = daemon.stop();
+        assert!(status.success(), "{status}");
+        let (metrics, daemon) = start_daemon(&state);
+        Lab {
+            topology,
+            client_netns,
+            port,
+            metrics,
+            daemon,
+            state,
         }
     }
 
@@ -129,6 +161,18 @@ impl Lab {
             self.server()
         )
     }
+}
+
+/// A daemon serving metrics on a free loopback port, with its state in `state`.
+fn start_daemon(state: &StateDir) -> (SocketAddr, Daemon) {
+    let metrics = free_loopback_port();
+    let args = [
+        "--idle-expiry-floor",
+        "2",
+        "--metrics",
+        &metrics.to_string(),
+    ];
+    (metrics, Daemon::start_with_state(&args, &state.0))
 }
 
 fn send_after_idle(stream: &mut TcpStream, gap: Duration) -> io::Result<()> {
@@ -250,6 +294,16 @@ fn metrics_show_a_real_reset_and_the_learned_window() {
     }
     let (status, _) = http_get(lab.metrics, "/").expect("GET /");
     assert_eq!(status, 404);
+
+    // A restarted daemon shows the window it restored from the state file at once.
+    let upper = sample(&after, &lab.window_series("upper"));
+    let lab = lab.restart();
+    let restarted = scrape(lab.metrics);
+    assert_eq!(
+        sample(&restarted, &lab.window_series("upper")),
+        upper,
+        "{restarted}"
+    );
 }
 
 /// A Prometheus server (Debian's `prometheus`) on loopback with its own configuration and

@@ -251,7 +251,7 @@ impl Metrics {
             .inc();
         // Survivals move a window's lower bound without a finding.
         if event.kind == TcpEventKind::ReplyAfterIdle {
-            self.update_window(event.remote, window);
+            self.window(event.remote, window);
         }
     }
 
@@ -280,7 +280,7 @@ impl Metrics {
                     .observe(idle_ms as f64 / 1000.0);
             }
         }
-        self.update_window(finding.remote, window);
+        self.window(finding.remote, window);
     }
 
     /// The totals so far: what the kernel programs counted, and what failed to decode.
@@ -299,7 +299,8 @@ impl Metrics {
         self.ring_size.set(bytes(fill.size_bytes));
     }
 
-    fn update_window(&mut self, destination: SocketAddr, window: Option<Window>) {
+    /// The window the correlator now has for `destination` (none: not, or no longer, known).
+    pub fn window(&mut self, destination: SocketAddr, window: Option<Window>) {
         self.windows.update(destination, window);
         self.folded
             .set(i64::try_from(self.windows.folded_count()).unwrap_or(i64::MAX));
