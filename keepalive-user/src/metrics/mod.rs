@@ -25,7 +25,7 @@ use prometheus_client::{
 pub use self::windows::OTHER;
 use self::windows::WindowTable;
 use crate::{
-    correlate::{Finding, FindingKind, Verdict, Window},
+    correlate::{Confidence, Finding, FindingKind, Verdict, Window},
     event::{TcpEvent, TcpEventKind},
     kernel::ring_fill::RingFill,
     sink::{HookStatus, LossReport, StartupReport},
@@ -191,6 +191,7 @@ impl Metrics {
             "1 for a signal no hook provides on this kernel, 0 for one that is attached",
             signal_missing.clone(),
         );
+        watched_from_the_start(&resets, &findings);
         registry.register(
             "build",
             "The daemon's version",
@@ -304,6 +305,41 @@ impl Metrics {
         self.windows.update(destination, window);
         self.folded
             .set(i64::try_from(self.windows.folded_count()).unwrap_or(i64::MAX));
+    }
+}
+
+/// Creates, at 0, the series the shipped alerts (contrib/prometheus/alerts.yml) watch: the
+/// middlebox's resets and silent drops. `increase()` takes a series' first sample as its
+/// start, so a counter whose series appeared with the first reset, at 1, would never alert.
+fn watched_from_the_start(
+    resets: &Family<ResetLabels, Counter>,
+    findings: &Family<FindingLabels, Counter>,
+) {
+    let verdict = Verdict::MiddleboxDrop.as_str();
+    for kind in [FindingKind::ForgedRst, FindingKind::IdleExpiryRst] {
+        resets.get_or_create_owned(&ResetLabels {
+            verdict,
+            kind: kind.as_str(),
+            direction: "received",
+        });
+    }
+    let kinds = [
+        FindingKind::ForgedRst,
+        FindingKind::IdleExpiryRst,
+        FindingKind::SilentTimeout,
+    ];
+    for kind in kinds {
+        for confidence in [
+            Confidence::Possible,
+            Confidence::Likely,
+            Confidence::Confirmed,
+        ] {
+            findings.get_or_create_owned(&FindingLabels {
+                verdict,
+                kind: kind.as_str(),
+                confidence: confidence.as_str(),
+            });
+        }
     }
 }
 

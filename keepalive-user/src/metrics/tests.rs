@@ -281,3 +281,16 @@ fn a_window_reset_by_contradiction_disappears() {
     metrics.event(&survived_longer, None);
     assert!(!exposition(&metrics).contains("learned_idle_timeout_seconds{"));
 }
+
+#[test]
+fn the_series_alerts_watch_exist_at_zero_from_the_start() {
+    let text = exposition(&Metrics::new(DEFAULT_DESTINATIONS));
+    for series in [
+        "keepalive_observer_resets_total{verdict=\"middlebox_drop\",kind=\"forged_rst\",direction=\"received\"}",
+        "keepalive_observer_resets_total{verdict=\"middlebox_drop\",kind=\"idle_expiry_rst\",direction=\"received\"}",
+        "keepalive_observer_findings_total{verdict=\"middlebox_drop\",kind=\"silent_timeout\",confidence=\"possible\"}",
+        "keepalive_observer_events_lost_total",
+    ] {
+        assert_eq!(sample(&text, series), Some(0.0), "{series}\n{text}");
+    }
+}
