@@ -248,7 +248,11 @@ pub struct ConnContext {
     /// The TCP state the socket left when it became CLOSE; 0 while open.
     pub state_before_close: u8,
     /// Explicit padding, always zero.
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
+    /// How long the connection had been idle when the peer's FIN came, jiffies since this
+    /// host last sent data ([`context_flags::PEER_FIN_FIRST`]): the peer's idle timeout in a
+    /// keep-alive race. The FIN's own ACK has already refreshed the receive time by then.
+    pub peer_fin_gap: u32,
 }
 
 impl ConnContext {
@@ -270,7 +274,8 @@ impl ConnContext {
             rst_flags: 0,
             flags: 0,
             state_before_close: 0,
-            _pad: [0; 7],
+            _pad: [0; 3],
+            peer_fin_gap: 0,
         }
     }
 }
@@ -494,7 +499,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<ConnContext>(), 6 * 8 + 3 * 4 + 16 + 5 + 7);
+        assert_eq!(size_of::<ConnContext>(), 6 * 8 + 3 * 4 + 16 + 5 + 3 + 4);
         assert_eq!(size_of::<Event>(), 136 + size_of::<ConnContext>());
         assert_eq!(align_of::<Event>(), 8);
         assert_eq!(core::mem::offset_of!(Event, context), 136);

@@ -4,7 +4,7 @@
 //! `inet_sk_error_report(sk)` sends the error (ECONNRESET, ETIMEDOUT, ECONNREFUSED) with that
 //! context. `tcp_destroy_sock(sk)` forgets the fallback map's entry.
 
-use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use aya_ebpf::{helpers::bpf_jiffies64, macros::btf_tracepoint, programs::BtfTracePointContext};
 use keepalive_common::{EventKind, context_flags, tcp_state};
 
 use crate::{
@@ -57,6 +57,11 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
         (ESTABLISHED, CLOSE_WAIT) => {
             context.flags |= context_flags::PEER_FIN_FIRST;
             context.peer_fin_ns = now_ns();
+            if let Some(tcp) = Btf::full_tcp(sk) {
+                // SAFETY: helper without arguments.
+                let now = unsafe { bpf_jiffies64() } as u32;
+                context.peer_fin_gap = now.wrapping_sub(Btf::read(tcp, config().offsets.lsndtime));
+            }
         }
         (_, CLOSE) => context.state_before_close = old,
         _ => {}

@@ -5,6 +5,11 @@
     sudo python3 keepalive-schema/golden/make-loopback.py target/debug/keepalive-observer
 
 writes loopback.recording.jsonl beside this file and, by replaying it, loopback.findings.jsonl.
+When only the findings' output changed (not the kernel side), re-make the findings from the
+committed recording with the real program, no root needed:
+
+    python3 keepalive-schema/golden/make-loopback.py --replay-only target/debug/keepalive-observer
+
 Traffic goes to loopback only: a linger-0 close after a survived idle gap with keepalive on, a
 connect to a closed port, and a close with unread data.
 """
@@ -70,9 +75,21 @@ def scenario():
     client.close()
 
 
+def write_findings(observer):
+    replay = subprocess.run([observer, "replay", "--format", "json", RECORDING],
+                            check=True, capture_output=True, text=True)
+    findings = [l for l in replay.stdout.splitlines() if '"type":"finding"' in l]
+    with open(FINDINGS, "w") as out:
+        out.write("\n".join(findings) + "\n")
+    print(f"{len(findings)} findings")
+
+
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--replay-only":
+        write_findings(sys.argv[2])
+        return
     if len(sys.argv) != 2:
-        sys.exit("usage: make-loopback.py PATH/TO/keepalive-observer")
+        sys.exit("usage: make-loopback.py [--replay-only] PATH/TO/keepalive-observer")
     daemon = subprocess.Popen(
         [sys.argv[1], "--findings-only", "--format", "json", "--journald", "off",
          "--record", RECORDING],
@@ -86,12 +103,7 @@ def main():
     time.sleep(3)  # the close grace (2 s) ends and held findings are released
     daemon.send_signal(signal.SIGINT)
     daemon.communicate(timeout=10)
-    replay = subprocess.run([sys.argv[1], "replay", "--format", "json", RECORDING],
-                            check=True, capture_output=True, text=True)
-    findings = [l for l in replay.stdout.splitlines() if '"type":"finding"' in l]
-    with open(FINDINGS, "w") as out:
-        out.write("\n".join(findings) + "\n")
-    print(f"{len(findings)} findings")
+    write_findings(sys.argv[1])
 
 
 if __name__ == "__main__":

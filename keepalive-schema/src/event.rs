@@ -1,7 +1,10 @@
 //! Decoded records: what the kernel programs saw, in the form the daemon prints, records and
 //! replays (`"type":"event"` lines carry these fields).
 
-use std::{fmt, net::SocketAddr};
+use std::{
+    fmt::{self, Write as _},
+    net::SocketAddr,
+};
 
 use keepalive_common::{EventKind, tcp_state};
 use serde::{Deserialize, Serialize};
@@ -212,9 +215,28 @@ impl From<&str> for Comm {
     }
 }
 
+impl Comm {
+    /// Whether a byte of a command name is shown as itself: printable ASCII and the space,
+    /// except what quotes or separates the outputs (`\`, `"`, `;`, `|`).
+    fn shown_as_is(byte: u8) -> bool {
+        (byte == b' ' || byte.is_ascii_graphic()) && !matches!(byte, b'\\' | b'"' | b';' | b'|')
+    }
+}
+
+/// A command name is chosen by the process itself (`prctl(PR_SET_NAME)`, or its file name):
+/// it is shown escaped everywhere, every other byte as `\xNN`, so that no process can start a
+/// line, a field or a sentence of its own in the text, the journal or the evidence. The same
+/// text is what JSON carries, and it parses back to the same bytes.
 impl fmt::Display for Comm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&String::from_utf8_lossy(self.as_bytes()))
+        for &byte in self.as_bytes() {
+            if Self::shown_as_is(byte) {
+                f.write_char(char::from(byte))?;
+            } else {
+                write!(f, "\\x{byte:02x}")?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -231,9 +253,29 @@ impl Serialize for Comm {
 }
 
 impl<'de> Deserialize<'de> for Comm {
+    /// The escaped text back to the kernel's bytes (text written before names were escaped
+    /// is taken as it is).
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        Ok(Self::from(text.as_str()))
+        let mut raw = [0u8; 16];
+        let mut len = 0;
+        let mut rest = text.as_bytes();
+        while len < 15 {
+            let (byte, tail) = match rest {
+                [b'\\', b'x', hi, lo, tail @ ..] => {
+                    match (char::from(*hi).to_digit(16), char::from(*lo).to_digit(16)) {
+                        (Some(hi), Some(lo)) => ((hi * 16 + lo) as u8, tail),
+                        _ => (b'\\', &rest[1..]),
+                    }
+                }
+                [byte, tail @ ..] => (*byte, tail),
+                [] => break,
+            };
+            raw[len] = byte;
+            len += 1;
+            rest = tail;
+        }
+        Ok(Self(raw))
     }
 }
 
@@ -290,6 +332,10 @@ pub struct ConnectionContext {
     pub rst: Option<RstSegment>,
     /// CLOCK_MONOTONIC nanoseconds when the peer's FIN arrived on the ESTABLISHED connection.
     pub peer_fin_ns: Option<u64>,
+    /// How long the connection had been idle (since this host last sent data) when the peer's
+    /// FIN came, milliseconds.
+    #[serde(default)]
+    pub peer_fin_idle_ms: Option<u64>,
     /// A send after an idle gap, not yet answered.
     pub idle_send: Option<IdleSend>,
     /// The state the socket left when it became CLOSE.

@@ -5,6 +5,15 @@ use std::{fmt, net::SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::{
+    action::Action,
+    fact::{Fact, GapEnd, MissingFact},
+};
+
+/// Version of the finding schema: raised when a field changes meaning or goes away (adding
+/// one does not). 2: structured `facts` and `actions`; command names escaped.
+pub const SCHEMA_VERSION: u32 = 2;
+
 /// The name an enum has in the output (its serde name), and `Display` printing it.
 macro_rules! output_names {
     ($ty:ident { $($variant:ident => $name:literal),+ $(,)? }) => {
@@ -71,6 +80,9 @@ pub enum FindingKind {
     Refused,
     /// The peer aborted an established connection.
     PeerAbort,
+    /// The peer closed an idle keep-alive connection (FIN) and this host reused it: the
+    /// peer's RST answered the reuse.
+    KeepaliveRace,
     /// The peer's kernel had no connection for this flow (it restarted, its socket was
     /// destroyed, or a load balancer sent the flow to a backend that never saw it): its RST
     /// answered this host's segment without an ACK, as a stack with no socket does.
@@ -111,6 +123,7 @@ output_names!(FindingKind {
     SilentTimeout => "silent_timeout",
     Refused => "refused",
     PeerAbort => "peer_abort",
+    KeepaliveRace => "keepalive_race",
     PeerLostState => "peer_lost_state",
 });
 
@@ -175,8 +188,14 @@ pub struct Finding {
     pub timeout_window_ms: Option<(u64, u64)>,
     /// The facts that decided it, as short sentences with numbers.
     pub evidence: Vec<String>,
+    /// The same facts for machines: codes and their values.
+    #[serde(default)]
+    pub facts: Vec<Fact>,
     /// What to change, one sentence with numbers.
     pub advice: String,
+    /// The same for machines: actions and their numbers.
+    #[serde(default)]
+    pub actions: Vec<Action>,
 }
 
 #[cfg(test)]
@@ -201,6 +220,7 @@ mod tests {
             FindingKind::SilentTimeout,
             FindingKind::Refused,
             FindingKind::PeerAbort,
+            FindingKind::KeepaliveRace,
             FindingKind::PeerLostState,
         ];
         for kind in kinds {

@@ -5,7 +5,9 @@
 //! daemon's crate carries. The golden recordings in `golden/` were
 //! made by the real daemon and replay to the findings beside them.
 
+pub mod action;
 pub mod event;
+pub mod fact;
 pub mod finding;
 pub mod seconds;
 pub mod state;

@@ -142,6 +142,9 @@ impl DecodeContext {
             }),
             peer_fin_ns: time(raw.peer_fin_ns)
                 .filter(|_| raw.flags & context_flags::PEER_FIN_FIRST != 0),
+            peer_fin_idle_ms: (raw.flags & context_flags::PEER_FIN_FIRST != 0
+                && raw.peer_fin_ns != 0)
+                .then(|| self.jiffies_ms(raw.peer_fin_gap)),
             idle_send: time(raw.idle_send_ns).map(|at_ns| IdleSend {
                 at_ns,
                 gap_ms: self.jiffies_ms(raw.idle_send_gap),
@@ -287,10 +290,24 @@ mod tests {
         );
         let full = Comm::from([b'x'; 16]);
         assert_eq!(full.as_bytes().len(), 16);
+        assert_eq!(Comm::from([0xff; 16]).to_string(), "\\xff".repeat(16));
+    }
+
+    #[test]
+    fn a_command_name_cannot_start_a_line_a_field_or_a_sentence() {
+        let hostile = Comm::from("a\nb;c|d\"e\\f\u{7}");
+        let shown = hostile.to_string();
+        assert_eq!(shown, r"a\x0ab\x3bc\x7cd\x22e\x5cf\x07");
+        assert!(shown.chars().all(|c| c.is_ascii_graphic() || c == ' '));
+        let json = serde_json::to_string(&hostile).unwrap();
         assert_eq!(
-            Comm::from([0xff; 16]).to_string().chars().next(),
-            Some('\u{fffd}')
+            serde_json::from_str::<Comm>(&json).unwrap(),
+            hostile,
+            "the escaped text parses back to the same bytes"
         );
+        assert_eq!(Comm::from("Web Content").to_string(), "Web Content");
+        let rtl = Comm::from("x\u{202e}y");
+        assert_eq!(rtl.to_string(), r"x\xe2\x80\xaey");
     }
 
     #[test]

@@ -11,8 +11,8 @@ use std::{collections::HashMap, net::SocketAddr};
 use keepalive_common::tcp_flags::{ACK, RST, SYN};
 use keepalive_observer::{
     correlate::{
-        Confidence, Correlator, CorrelatorConfig, Finding, FindingKind, KeepaliveSummary,
-        KeepaliveSysctls, SysctlError, Verdict, Window,
+        Action, Confidence, Correlator, CorrelatorConfig, Fact, Finding, FindingKind,
+        KeepaliveSummary, KeepaliveSysctls, MissingFact, SysctlError, Verdict, Window,
     },
     event::{
         ConnectionContext, IdleSend, KeepaliveState, Origin, ResetReason, RstSegment, Task,
@@ -46,6 +46,9 @@ enum K {
     SegmentTtl,
     /// `tcp_sendmsg_locked` after an idle gap.
     IdleSend,
+    /// A hook's first sight of a connection open before the observer started: the context
+    /// is created with the origin read from the socket.
+    FirstSight,
 }
 
 impl K {
@@ -56,7 +59,9 @@ impl K {
             Self::KeepaliveTimer => TcpEventKind::KeepaliveTimer,
             Self::SocketError => TcpEventKind::SocketError,
             Self::ReplyAfterIdle => TcpEventKind::ReplyAfterIdle,
-            Self::StateChange | Self::SegmentTtl | Self::IdleSend => return None,
+            Self::StateChange | Self::SegmentTtl | Self::IdleSend | Self::FirstSight => {
+                return None;
+            }
         })
     }
 }
@@ -196,6 +201,15 @@ impl B {
     fn segment(self, ttl: u8, flags: u8) -> Self {
         self.no_tcp().ttl(ttl, flags)
     }
+
+    /// Accepted or connected, as the socket tells ([`FirstSight`]).
+    fn origin(mut self, origin: Origin) -> Self {
+        self.0.context = Some(ConnectionContext {
+            origin: Some(origin),
+            ..ConnectionContext::default()
+        });
+        self
+    }
 }
 
 use K::*;
@@ -216,6 +230,10 @@ impl Kernel {
         let at = ev.mono_ns;
         match kind {
             StateChange => self.state_change(&ev),
+            FirstSight => {
+                let origin = ev.context.and_then(|c| c.origin);
+                self.context(ev.cookie, at).origin = origin;
+            }
             SegmentTtl => {
                 let (ttl, flags) = (ttl?, ev.tcp_flags?);
                 if flags & RST != 0 {
@@ -285,7 +303,10 @@ impl Kernel {
                 context.peer_ttl = ttl;
             }
             (_, Established) => context.established_ns = Some(at),
-            (Established, CloseWait) => context.peer_fin_ns = Some(at),
+            (Established, CloseWait) => {
+                context.peer_fin_ns = Some(at);
+                context.peer_fin_idle_ms = ev.idle_tx_ms;
+            }
             (LastAck | TimeWait | Closing, Close) => {}
             (_, Close) => context.state_before_close = Some(old),
             _ => {}
@@ -850,7 +871,7 @@ fn rst_answering_a_keepalive_probe_is_an_idle_expiry() {
 }
 
 #[test]
-fn matching_ttl_is_a_confirmed_peer_abort_even_after_long_idle() {
+fn matching_ttl_after_a_long_idle_is_only_a_likely_peer_abort() {
     let mut run = Run::new();
     run.connect(1, 0, 63)
         .feed(ev(IdleSend, 1, 40_000).idle(40_000).app())
@@ -861,12 +882,46 @@ fn matching_ttl_is_a_confirmed_peer_abort_even_after_long_idle() {
         (
             Verdict::PeerReset,
             FindingKind::PeerAbort,
-            Confidence::Confirmed
+            Confidence::Likely
         )
     );
     assert!(has(f, "RST TTL 63 equals the peer's TTL"));
     assert!(has(f, "the RST carries an ACK"));
+    assert!(has(f, "a middlebox can copy the peer's TTL"));
+    assert!(f.facts.contains(&Fact::Missing {
+        missing: MissingFact::IdleExpiry
+    }));
+    assert!(f.facts.contains(&Fact::RstTtlEqual {
+        rst_ttl: 63,
+        peer_ttl: 63
+    }));
     assert_eq!(f.timeout_window_ms, None);
+}
+
+#[test]
+fn ttl_flags_and_a_short_idle_agree_on_a_confirmed_peer_abort() {
+    let mut run = Run::new();
+    run.connect(1, 0, 63).rst(1, 2000, 1500, Some(63));
+    let f = run.only();
+    assert_eq!(
+        (f.kind, f.confidence),
+        (FindingKind::PeerAbort, Confidence::Confirmed)
+    );
+    assert!(f.facts.contains(&Fact::RstWithAck));
+    assert!(!f.facts.iter().any(|x| matches!(x, Fact::Missing { .. })));
+    assert_eq!(
+        f.actions,
+        [Action::CheckPeerApplication {
+            remote: addr(REMOTE)
+        }]
+    );
+    // Without the RST's flags the same TTL is not enough.
+    let mut flagless = Run::new();
+    flagless
+        .connect(1, 0, 63)
+        .feed(ev(SegmentTtl, 1, 2000).no_tcp().ttl(63, RST | ACK))
+        .feed(ev(ResetReceived, 1, 2000).idle(1500));
+    assert_eq!(flagless.only().confidence, Confidence::Confirmed);
 }
 
 #[test]
@@ -897,7 +952,7 @@ fn an_rst_without_ack_at_the_peers_ttl_is_the_peer_having_lost_the_connection() 
         .feed(ev(StateChange, 1, 100).states(Established, CloseWait))
         .feed(ev(SegmentTtl, 1, 900).segment(63, RST))
         .feed(ev(ResetReceived, 1, 900).state(CloseWait).idle(800));
-    assert_eq!(stale.only().kind, FindingKind::PeerAbort);
+    assert_eq!(stale.only().kind, FindingKind::KeepaliveRace);
     // A middlebox's RST without ACK at another distance stays forged.
     let mut forged = Run::new();
     forged
@@ -931,11 +986,85 @@ fn rst_in_close_wait_is_a_stale_reuse() {
         .feed(ev(SocketError, 1, 50_001).state(Close).err(32));
     let f = run.only();
     assert_eq!(
-        (f.kind, f.confidence),
-        (FindingKind::PeerAbort, Confidence::Confirmed)
+        (f.verdict, f.kind, f.confidence),
+        (
+            Verdict::PeerReset,
+            FindingKind::KeepaliveRace,
+            Confidence::Confirmed
+        )
     );
-    assert!(has(f, "CLOSE_WAIT"));
-    assert!(f.advice.contains("keep-alive timeout"), "{}", f.advice);
+    assert!(has(f, "the peer closed its end (FIN)"));
+    assert!(f.advice.contains("Keep-Alive: timeout"), "{}", f.advice);
+}
+
+/// Connection `cookie` talks until `last_ms`, the server closes it (FIN) `idle_ms` later, the
+/// pool reuses it at `reuse_ms` and gets the server's RST (no ACK: its socket is gone).
+fn race(run: &mut Run, cookie: u64, last_ms: u64, idle_ms: u64, reuse_ms: u64) {
+    let local = format!("198.51.100.10:{}", 40_000 + cookie);
+    let fin_ms = last_ms + idle_ms;
+    run.connect(cookie, last_ms, 63)
+        .feed(
+            ev(StateChange, cookie, fin_ms)
+                .local(&local)
+                .states(Established, CloseWait)
+                .idle(idle_ms),
+        )
+        .feed(ev(SegmentTtl, cookie, reuse_ms).segment(63, RST))
+        .feed(
+            ev(ResetReceived, cookie, reuse_ms)
+                .local(&local)
+                .state(CloseWait)
+                .idle(reuse_ms - fin_ms),
+        )
+        .feed(
+            ev(SocketError, cookie, reuse_ms)
+                .local(&local)
+                .state(Close)
+                .err(104),
+        );
+}
+
+#[test]
+fn the_keepalive_race_learns_when_the_server_closes_and_says_when_to_evict() {
+    let mut run = Run::new();
+    race(&mut run, 1, 0, 1040, 3000);
+    race(&mut run, 2, 5000, 1008, 9000);
+    assert_eq!(run.findings.len(), 2, "{:#?}", run.findings);
+    let first = &run.findings[0];
+    assert!(has(first, "after the connection had been idle 1040 ms"));
+    let f = &run.findings[1];
+    assert_eq!(
+        (f.verdict, f.kind, f.confidence),
+        (
+            Verdict::PeerReset,
+            FindingKind::KeepaliveRace,
+            Confidence::Confirmed
+        )
+    );
+    assert!(f.facts.contains(&Fact::PeerClosedFirst {
+        idle_at_fin_ms: Some(1008),
+        learned_close_ms: Some(1008),
+    }));
+    assert!(
+        f.advice.contains(
+            "closes connections idle for about 1.0 s: evict pooled connections idle longer \
+             than 0.9 s, or honour its `Keep-Alive: timeout`"
+        ),
+        "{}",
+        f.advice
+    );
+    assert_eq!(
+        f.actions[0],
+        Action::EvictIdleAfter {
+            seconds: 0,
+            ms: Some(900)
+        }
+    );
+    assert_eq!(
+        run.c.timeout_window(NETNS_COOKIE, addr(REMOTE)),
+        None,
+        "a server's close teaches nothing about the path's idle timeout"
+    );
 }
 
 #[test]
@@ -1061,15 +1190,27 @@ fn keepalive_timeout_is_a_possible_silent_timeout_when_nothing_else_answers() {
         (f.kind, f.confidence),
         (FindingKind::SilentTimeout, Confidence::Possible)
     );
-    assert!(has(f, "the peer host may have been down"));
+    assert!(has(f, "the peer may be down"));
+    assert!(f.facts.contains(&Fact::NoOtherConnectionAnswered));
+    assert_eq!(
+        f.actions[0],
+        Action::CheckPeerHost {
+            remote: addr(REMOTE)
+        }
+    );
 }
 
-#[test]
-fn etimedout_after_an_idle_send_is_a_silent_timeout_that_teaches_the_window() {
+/// Connection 1 survives 4 s idle, then sends after 6 s idle and gets no answer until
+/// ETIMEDOUT at 27 s; optionally connection 2 to the same remote is answered meanwhile.
+fn retransmission_timeout(other_alive: bool) -> Run {
     let mut run = Run::new();
     run.connect(1, 0, 63)
-        .survive(1, 5000, 4000)
-        .feed(ev(IdleSend, 1, 12_000).idle(6000).app())
+        .connect(2, 0, 63)
+        .survive(1, 5000, 4000);
+    if other_alive {
+        run.survive(2, 20_000, 1000);
+    }
+    run.feed(ev(IdleSend, 1, 12_000).idle(6000).app())
         .feed(
             ev(StateChange, 1, 27_000)
                 .states(Established, Close)
@@ -1082,10 +1223,29 @@ fn etimedout_after_an_idle_send_is_a_silent_timeout_that_teaches_the_window() {
                 .err(110)
                 .retransmits(6),
         );
+    run
+}
+
+#[test]
+fn a_silent_death_while_nothing_else_answers_may_be_the_peer_down_and_teaches_nothing() {
+    let run = retransmission_timeout(false);
     let f = run.only();
     assert_eq!(
         (f.kind, f.confidence, f.idle_ms),
         (FindingKind::SilentTimeout, Confidence::Possible, Some(6000))
+    );
+    assert!(has(f, "the peer may be down"));
+    assert_eq!(f.timeout_window_ms, None);
+    assert_eq!(run.c.timeout_window(NETNS_COOKIE, addr(REMOTE)), None);
+}
+
+#[test]
+fn etimedout_after_an_idle_send_is_a_silent_timeout_that_teaches_the_window() {
+    let run = retransmission_timeout(true);
+    let f = run.only();
+    assert_eq!(
+        (f.kind, f.confidence, f.idle_ms),
+        (FindingKind::SilentTimeout, Confidence::Likely, Some(6000))
     );
     assert!(has(
         f,
@@ -1096,6 +1256,104 @@ fn etimedout_after_an_idle_send_is_a_silent_timeout_that_teaches_the_window() {
         "this host sent after 6000 ms idle and never got an answer"
     ));
     assert_eq!(f.timeout_window_ms, Some((4000, 6000)));
+    assert!(f.facts.contains(&Fact::LearnedWindow {
+        lo_ms: 4000,
+        hi_ms: 6000
+    }));
+    assert_eq!(
+        f.actions[..2],
+        [
+            Action::KeepaliveIdleBelow {
+                seconds: 4,
+                suggested: 2
+            },
+            Action::EvictIdleAfter {
+                seconds: 4,
+                ms: None
+            }
+        ]
+    );
+}
+
+#[test]
+fn an_old_connection_with_no_known_peer_distance_gets_no_confident_verdict() {
+    // Open before the observer started: no handshake, nothing learned, the RST after 10 s
+    // idle arrives with TTL 64 and an ACK.
+    let mut run = Run::new();
+    run.feed(ev(FirstSight, 1, 0).origin(Origin::Connected))
+        .feed(ev(IdleSend, 1, 10_000).idle(10_000).app())
+        .rst(1, 10_001, 10_001, Some(64));
+    let f = run.only();
+    assert_eq!(
+        (f.verdict, f.kind, f.confidence),
+        (
+            Verdict::PeerReset,
+            FindingKind::PeerAbort,
+            Confidence::Possible
+        )
+    );
+    assert!(f.facts.contains(&Fact::HandshakeNotSeen));
+    assert!(f.facts.contains(&Fact::Missing {
+        missing: MissingFact::PeerTtl
+    }));
+    assert!(f.facts.contains(&Fact::RstTtlLocalLink { rst_ttl: 64 }));
+    assert!(has(f, "the facts do not decide it"));
+    // Another connection's handshake with the same host gives the distance: 63, so the RST
+    // came from one hop closer.
+    let mut run = Run::new();
+    run.connect(2, 0, 63)
+        .survive(2, 300, 200)
+        .feed(ev(FirstSight, 1, 0).origin(Origin::Connected))
+        .feed(ev(IdleSend, 1, 10_000).idle(10_000).app())
+        .rst(1, 10_001, 10_001, Some(64));
+    let f = run.only();
+    assert_eq!(
+        (f.verdict, f.kind, f.confidence),
+        (
+            Verdict::MiddleboxDrop,
+            FindingKind::ForgedRst,
+            Confidence::Likely
+        )
+    );
+    assert!(
+        f.facts
+            .contains(&Fact::PeerTtlFromOtherConnection { peer_ttl: 63 })
+    );
+}
+
+#[test]
+fn an_old_accepted_connection_never_enters_the_destination_table() {
+    let client = "198.51.100.10:40001";
+    let mut run = Run::new();
+    run.feed(
+        ev(FirstSight, 1, 0)
+            .local(REMOTE)
+            .remote(client)
+            .origin(Origin::Accepted),
+    )
+    .feed(
+        ev(IdleSend, 1, 5000)
+            .local(REMOTE)
+            .remote(client)
+            .idle(5000)
+            .app(),
+    )
+    .feed(
+        ev(ReplyAfterIdle, 1, 5001)
+            .local(REMOTE)
+            .remote(client)
+            .app(),
+    )
+    .feed(
+        ev(IdleSend, 1, 20_000)
+            .local(REMOTE)
+            .remote(client)
+            .idle(9000),
+    )
+    .rst(1, 20_001, 9001, Some(64));
+    assert_eq!(run.findings.len(), 1);
+    assert_eq!(run.c.stats().remotes, 0);
+    assert_eq!(run.c.timeout_window(NETNS_COOKIE, addr(client)), None);
 }
 
 #[test]

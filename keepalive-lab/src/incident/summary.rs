@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use keepalive_schema::finding::Verdict;
+use keepalive_schema::finding::{Confidence, Verdict};
 use serde::{Deserialize, Serialize};
 
 use super::TIMEOUT_MARGIN_S;
@@ -239,12 +239,24 @@ pub fn checks(summary: &Summary) -> Vec<Check> {
         let brackets = phase
             .window_ms
             .is_some_and(|(lo, hi)| lo < timeout_ms && timeout_ms <= hi);
+        // Silent deaths while no other connection to the VIP answered may be the server being
+        // down: the observer says so (`possible`) and learns no window from them.
+        let peer_may_be_down = phase.middlebox == "drop"
+            && phase.window_ms.is_none()
+            && phase
+                .findings
+                .iter()
+                .all(|finding| finding.confidence == Confidence::Possible);
         checks.push(Check {
-            passed: brackets,
+            passed: brackets || peer_may_be_down,
             what: match phase.window_ms {
                 Some((lo, hi)) => format!(
                     "{label}: the learned window ({lo} ms, {hi} ms] brackets the {timeout_ms} ms \
                      timeout"
+                ),
+                None if phase.middlebox == "drop" => format!(
+                    "{label}: a learned window around the timeout, or none while every silent \
+                     death says the server may be down"
                 ),
                 None => format!("{label}: the observer learned a window around the timeout"),
             },
@@ -441,6 +453,21 @@ mod tests {
         let table = table(&run);
         assert!(table.contains("reject, no fix"), "{table}");
         assert!(table.contains("middlebox_drop/forged_rst: 1"), "{table}");
+    }
+
+    #[test]
+    fn a_drop_run_may_learn_no_window_when_it_says_the_server_may_be_down() {
+        let mut possible = incident("silent_timeout", Failure::Timeout);
+        possible.window_ms = None;
+        possible.findings[0].confidence = Confidence::Possible;
+        assert_eq!(
+            failed_checks(&summary(vec![possible])),
+            Vec::<String>::new()
+        );
+        let mut confident = incident("silent_timeout", Failure::Timeout);
+        confident.window_ms = None;
+        confident.findings[0].confidence = Confidence::Likely;
+        assert_eq!(failed_checks(&summary(vec![confident])).len(), 1);
     }
 
     #[test]

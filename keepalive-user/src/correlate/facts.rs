@@ -59,6 +59,16 @@ impl Correlator {
             .map(|at| Alive {
                 ago_ms: ev.mono_ns.saturating_sub(at) / 1_000_000,
             });
+        let idle_at_fin_ms = ev
+            .context
+            .as_ref()
+            .and_then(|c| c.peer_fin_idle_ms)
+            .filter(|_| state == TcpState::CloseWait);
+        let learned_close_ms = remote
+            .and_then(|r| r.peer_close_ms)
+            .into_iter()
+            .chain(idle_at_fin_ms)
+            .min();
         Facts {
             ev,
             remote: conn.remote,
@@ -71,6 +81,8 @@ impl Correlator {
             gap,
             threshold,
             alive,
+            idle_at_fin_ms,
+            learned_close_ms,
         }
     }
 }

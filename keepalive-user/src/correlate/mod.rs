@@ -31,7 +31,10 @@ use std::net::{IpAddr, SocketAddr};
 
 pub use advice::{KnownTimeout, known_in as known_defaults_in};
 pub use config::{CorrelatorConfig, KeepaliveSysctls, SysctlError};
-pub use finding::{Confidence, Finding, FindingKind, KeepaliveSummary, Verdict};
+pub use finding::{
+    Action, Confidence, Fact, Finding, FindingKind, GapEnd, KeepaliveSummary, MissingFact,
+    SCHEMA_VERSION, Verdict,
+};
 pub use learn::{Learned, Window};
 
 use self::{
@@ -328,6 +331,7 @@ impl Correlator {
             kind,
             confidence,
             mut evidence,
+            facts: mut machine_facts,
             learn_gap_ms,
             peer_closed_first,
         } = decision;
@@ -342,10 +346,19 @@ impl Correlator {
                     .learner
                     .died(gap, ev.mono_ns, conn.remote);
             }
+            if kind == FindingKind::KeepaliveRace
+                && let Some(idle_ms) = facts.and_then(|f| f.idle_at_fin_ms)
+            {
+                self.remotes
+                    .get_or_insert_with(key, Remote::default)
+                    .closed_after(idle_ms);
+            }
             if let Some(remote) = self.remotes.get_mut(&key) {
                 window = remote.learner.window();
                 if let Some(w) = window {
-                    evidence.extend(advice::window_evidence(conn.remote, w));
+                    let (sentences, window_facts) = advice::window_evidence(conn.remote, w);
+                    evidence.extend(sentences);
+                    machine_facts.extend(window_facts);
                 }
                 evidence.extend(remote.learner.take_note());
             }
@@ -355,18 +368,23 @@ impl Correlator {
                 "connection established {} ms before",
                 age_ns / 1_000_000
             ));
+            machine_facts.push(Fact::ConnectionAge {
+                age_ms: age_ns / 1_000_000,
+            });
         }
         let reason = ev.reason.as_ref().map(|r| r.label());
         let owner = conn.owner.as_ref().or(ev.task.as_ref());
         let advice = advice::advice(&advice::AdviceInput {
             verdict,
             kind,
+            confidence,
             remote: conn.remote,
             owner,
             reason: reason.as_deref(),
             window,
             learned_gap_ms: learn_gap_ms,
             peer_closed_first,
+            learned_close_ms: facts.and_then(|f| f.learned_close_ms),
         });
         Finding {
             mono_ns: ev.mono_ns,
@@ -387,7 +405,9 @@ impl Correlator {
             reason,
             timeout_window_ms: window.map(|w| (w.lo_ms, w.hi_ms)),
             evidence,
-            advice,
+            facts: machine_facts,
+            advice: advice.text,
+            actions: advice.actions,
         }
     }
 }

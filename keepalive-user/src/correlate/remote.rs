@@ -15,6 +15,9 @@ pub(super) type HostKey = (u64, IpAddr);
 #[derive(Debug, Default)]
 pub(super) struct Remote {
     pub learner: Learner,
+    /// The shortest idle time after which the remote closed a connection this host then
+    /// reused (a keep-alive race): about the server's keep-alive timeout.
+    pub peer_close_ms: Option<u64>,
     /// The two most recent (cookie, ns) at which a connection to this remote heard from the
     /// peer, with distinct cookies, newest first: enough to answer "when did any other
     /// connection than X last hear from the peer".
@@ -22,6 +25,11 @@ pub(super) struct Remote {
 }
 
 impl Remote {
+    /// The remote closed a connection idle for `idle_ms` that this host then reused.
+    pub(super) fn closed_after(&mut self, idle_ms: u64) {
+        self.peer_close_ms = Some(self.peer_close_ms.map_or(idle_ms, |ms| ms.min(idle_ms)));
+    }
+
     pub(super) fn heard_from(&mut self, cookie: u64, at_ns: u64) {
         match self.heard {
             [Some((c, t)), _] if c == cookie => self.heard[0] = Some((c, t.max(at_ns))),

@@ -241,6 +241,9 @@ fn flatten(path: &str, value: &Value, out: &mut Vec<(String, String)>) {
             }
         }
         Value::Array(items) if items.is_empty() => {}
+        Value::Array(items) if items.iter().all(Value::is_object) => {
+            flatten_tagged(path, items, out);
+        }
         Value::Array(items) => {
             let separator = if items.iter().any(Value::is_string) {
                 "; "
@@ -251,6 +254,35 @@ fn flatten(path: &str, value: &Value, out: &mut Vec<(String, String)>) {
             out.push((field_name(path), parts.join(separator)));
         }
         scalar_value => out.push((field_name(path), scalar(scalar_value))),
+    }
+}
+
+/// Tags of the structured lists: `facts` items are tagged `fact`, `actions` items `action`.
+const TAGS: &[&str] = &["fact", "action"];
+
+/// A list of tagged objects (facts, actions): the codes in one field (`FACTS=idle_gap;
+/// keepalive_off`), and each value in a field named by the tag, the code and the key
+/// (`FACT_IDLE_GAP_IDLE_MS=5500`); journald keeps a repeated name as several values.
+fn flatten_tagged(path: &str, items: &[Value], out: &mut Vec<(String, String)>) {
+    let mut codes = Vec::new();
+    for item in items {
+        let Value::Object(map) = item else {
+            continue;
+        };
+        let Some((tag, code)) = TAGS
+            .iter()
+            .find_map(|&tag| map.get(tag).and_then(Value::as_str).map(|code| (tag, code)))
+        else {
+            out.push((field_name(path), item.to_string()));
+            continue;
+        };
+        codes.push(code.to_owned());
+        for (key, value) in map.iter().filter(|(key, _)| key.as_str() != tag) {
+            flatten(&format!("{tag}_{code}_{key}"), value, out);
+        }
+    }
+    if !codes.is_empty() {
+        out.push((field_name(path), codes.join("; ")));
     }
 }
 
@@ -497,6 +529,20 @@ mod tests {
         assert_eq!(get("OBSERVED_PID"), Some("4321"));
         assert_eq!(get("OBSERVED_COMM"), Some("java"));
         assert_eq!(get("RESET_REASON"), None);
+        assert_eq!(get("SCHEMA_VERSION"), Some("2"));
+        assert_eq!(get("FACTS"), Some("idle_gap; rst_ttl_closer"));
+        assert_eq!(get("FACT_IDLE_GAP_IDLE_MS"), Some("1805000"));
+        assert_eq!(get("FACT_IDLE_GAP_ENDED_BY"), Some("send"));
+        assert_eq!(get("FACT_RST_TTL_CLOSER_RST_TTL"), Some("64"));
+        assert_eq!(get("FACT_RST_TTL_CLOSER_HOPS"), Some("1"));
+        assert_eq!(
+            get("ACTIONS"),
+            Some("keepalive_idle_below; evict_idle_after")
+        );
+        assert_eq!(get("ACTION_KEEPALIVE_IDLE_BELOW_SECONDS"), Some("1790"));
+        assert_eq!(get("ACTION_KEEPALIVE_IDLE_BELOW_SUGGESTED"), Some("840"));
+        assert_eq!(get("ACTION_EVICT_IDLE_AFTER_SECONDS"), Some("1790"));
+        assert_eq!(get("ACTION_EVICT_IDLE_AFTER_MS"), None);
         assert_eq!(get("MESSAGE"), Some(finding_summary(&finding).as_str()));
     }
 

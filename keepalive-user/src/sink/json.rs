@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::{HookLine, LossReport, Sink, SinkError, StartupReport, WallClock};
 use crate::{
-    correlate::Finding,
+    correlate::{Finding, SCHEMA_VERSION},
     event::{Comm, ConnectionContext, KeepaliveState, TcpEvent},
 };
 
@@ -64,6 +64,7 @@ pub(super) struct ReadyRecord<'a> {
     #[serde(rename = "type")]
     record: &'static str,
     version: &'a str,
+    schema_version: u32,
     kernel: &'a str,
     hooks: Vec<HookRecord<'a>>,
     missing_signals: &'a [String],
@@ -76,6 +77,7 @@ impl<'a> ReadyRecord<'a> {
         Self {
             record: "ready",
             version: &report.version,
+            schema_version: SCHEMA_VERSION,
             kernel: &report.kernel,
             hooks: report.hooks.iter().map(HookRecord::new).collect(),
             missing_signals: &report.missing_signals,
@@ -174,6 +176,7 @@ impl<'a> EventRecord<'a> {
 pub(super) struct FindingRecord<'a> {
     #[serde(rename = "type")]
     record: &'static str,
+    schema_version: u32,
     ts: String,
     #[serde(flatten)]
     finding: &'a Finding,
@@ -183,6 +186,7 @@ impl<'a> FindingRecord<'a> {
     pub(super) fn new(finding: &'a Finding, clock: &WallClock) -> Self {
         Self {
             record: "finding",
+            schema_version: SCHEMA_VERSION,
             ts: clock.rfc3339(finding.mono_ns),
             finding,
         }
@@ -328,6 +332,7 @@ mod tests {
             json!({
                 "type": "ready",
                 "version": "0.1.0",
+                "schema_version": 2,
                 "kernel": "6.18.0",
                 "hooks": [
                     {"signal": "RST sent", "hook": "tp_btf/tcp_send_reset",

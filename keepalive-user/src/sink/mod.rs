@@ -330,7 +330,15 @@ pub(crate) mod testdata {
             "reason": null,
             "timeout_window_ms": [1_790_000, 1_805_000],
             "evidence": ["RST received after 1805 s idle", "RST TTL 64, peer TTL 63"],
-            "advice": "enable TCP keepalive with idle < 1790 s"
+            "facts": [
+                {"fact": "idle_gap", "idle_ms": 1_805_000, "ended_by": "send"},
+                {"fact": "rst_ttl_closer", "rst_ttl": 64, "peer_ttl": 63, "hops": 1}
+            ],
+            "advice": "enable TCP keepalive with idle < 1790 s",
+            "actions": [
+                {"action": "keepalive_idle_below", "seconds": 1790, "suggested": 840},
+                {"action": "evict_idle_after", "seconds": 1790, "ms": null}
+            ]
         }))
         .expect("test finding")
     }

@@ -299,10 +299,11 @@ fn tcp_flags(flags: u8) -> String {
     }
 }
 
-/// Command names may hold spaces; quote those so the line still splits on spaces.
+/// Command names may hold spaces; quote those so the line still splits on spaces. They are
+/// escaped already (no quote, backslash or control character is left in them).
 fn quoted(text: &str) -> String {
     if text.is_empty() || text.contains(|c: char| c.is_whitespace() || c == '"') {
-        format!("{text:?}")
+        format!("\"{text}\"")
     } else {
         text.to_owned()
     }
@@ -386,6 +387,20 @@ mod tests {
              rst_ttl=64 rst_flags=RST owner=7/java flags=SYN|ACK \
              pid=1 comm=\"Web Content\" netns=4026531840 cookie=8193"
         );
+    }
+
+    #[test]
+    fn a_process_name_cannot_add_a_line_or_a_section() {
+        let mut finding = testdata::finding();
+        let hostile = crate::event::Comm::from("x\n| advice: y;");
+        finding.comm = Some(hostile.to_string());
+        finding.evidence = vec![format!("RST sent from pid 1 ({hostile})")];
+        finding.advice = format!("{hostile} (pid 1) closes with SO_LINGER {{1, 0}}");
+        let text = output(|sink| sink.finding(&finding).expect("written"));
+        assert_eq!(text.matches('\n').count(), 1, "{text}");
+        assert_eq!(text.matches(" | advice: ").count(), 1, "{text}");
+        assert_eq!(text.matches(" | evidence: ").count(), 1, "{text}");
+        assert!(text.contains(r#"comm="x\x0a\x7c advice: y\x3b""#), "{text}");
     }
 
     #[test]

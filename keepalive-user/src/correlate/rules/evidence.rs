@@ -2,7 +2,10 @@
 //! keepalive against the gap, and the RST's TTL against the peer's.
 
 use super::Facts;
-use crate::correlate::conn::{Keepalive, fmt_duration};
+use crate::correlate::{
+    conn::{Keepalive, fmt_duration},
+    finding::{Fact, MissingFact},
+};
 use crate::event::TcpState;
 
 /// The idle-expiry test and its evidence.
@@ -14,7 +17,11 @@ pub(super) struct IdleCheck {
     /// Keepalive was on with an idle time shorter than the gap and no probe outstanding: the
     /// probes would have kept the flow alive, so idleness does not explain the RST.
     pub(super) keepalive_protects: bool,
+    /// The gap is known and below the threshold: idleness does not explain the RST, which
+    /// agrees with a peer's own RST.
+    pub(super) below_threshold: bool,
     pub(super) evidence: Vec<String>,
+    pub(super) facts: Vec<Fact>,
 }
 
 pub(super) fn idle_check(f: &Facts) -> IdleCheck {
@@ -22,24 +29,45 @@ pub(super) fn idle_check(f: &Facts) -> IdleCheck {
         return IdleCheck {
             applies: false,
             keepalive_protects: false,
+            below_threshold: false,
             evidence: Vec::new(),
+            facts: Vec::new(),
         };
     };
     let mut evidence = vec![gap.sentence()];
+    let mut facts = vec![gap.fact()];
     let keepalive_protects = f
         .keepalive
         .is_some_and(|k| k.enabled && k.probes_out == 0 && k.idle_ms < gap.ms);
     if let Some(k) = f.keepalive {
         evidence.push(keepalive_vs_gap(k, gap.ms));
+        facts.push(keepalive_fact(k));
     }
     let established = f.state == TcpState::Established;
     if established && !keepalive_protects {
         evidence.push(f.threshold.sentence(gap.ms, f.remote));
+        facts.push(f.threshold.fact(gap.ms));
     }
+    let reached = f.threshold.reached(gap.ms);
     IdleCheck {
-        applies: established && !keepalive_protects && f.threshold.reached(gap.ms),
+        applies: established && !keepalive_protects && reached,
         keepalive_protects,
+        below_threshold: keepalive_protects || !reached,
         evidence,
+        facts,
+    }
+}
+
+pub(super) fn keepalive_fact(k: Keepalive) -> Fact {
+    if k.enabled {
+        Fact::KeepaliveOn {
+            idle_ms: k.idle_ms,
+            interval_ms: k.interval_ms,
+            count: k.count,
+            probes_out: k.probes_out,
+        }
+    } else {
+        Fact::KeepaliveOff
     }
 }
 
@@ -67,34 +95,125 @@ fn keepalive_vs_gap(k: Keepalive, gap_ms: u64) -> String {
     }
 }
 
-/// The RST's TTL against the peer's.
-pub(super) enum TtlCompare {
-    Unknown(String),
-    Same(Vec<String>),
-    Differ(Vec<String>),
+/// The RST's TTL against the peer's: what it says, its sentences and facts.
+pub(super) struct TtlCheck {
+    pub(super) says: TtlSays,
+    pub(super) evidence: Vec<String>,
+    pub(super) facts: Vec<Fact>,
 }
 
-pub(super) fn compare_ttl(f: &Facts) -> TtlCompare {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum TtlSays {
+    /// One of the two TTLs is not known.
+    Unknown,
+    /// The RST came from the peer's distance.
+    Same,
+    /// The RST came from another distance or sender.
+    Differ,
+}
+
+pub(super) fn compare_ttl(f: &Facts) -> TtlCheck {
     match (f.rst_ttl, f.peer_ttl) {
         (Some(rst), Some(peer)) => {
             let mut evidence = vec![hop_sentence(rst, peer.ttl)];
+            let mut facts = vec![hop_fact(rst, peer.ttl)];
             if !peer.own_handshake {
                 evidence.push(format!(
                     "peer TTL from another connection's handshake with {}",
                     f.remote.ip()
                 ));
+                facts.push(Fact::PeerTtlFromOtherConnection { peer_ttl: peer.ttl });
             }
-            if rst == peer.ttl {
-                TtlCompare::Same(evidence)
+            let says = if rst == peer.ttl {
+                TtlSays::Same
             } else {
-                TtlCompare::Differ(evidence)
+                TtlSays::Differ
+            };
+            TtlCheck {
+                says,
+                evidence,
+                facts,
             }
         }
-        (None, _) => TtlCompare::Unknown("the RST's TTL was not seen".to_owned()),
-        (Some(rst), None) => TtlCompare::Unknown(format!(
-            "RST TTL {rst}, but no handshake TTL is known for {}",
-            f.remote.ip()
-        )),
+        (None, _) => TtlCheck {
+            says: TtlSays::Unknown,
+            evidence: vec!["the RST's TTL was not seen".to_owned()],
+            facts: vec![Fact::Missing {
+                missing: MissingFact::RstTtl,
+            }],
+        },
+        (Some(rst), None) if f.state == TcpState::SynSent => TtlCheck {
+            says: TtlSays::Unknown,
+            evidence: vec![format!(
+                "RST TTL {rst}, but no TTL is known for {}",
+                f.remote.ip()
+            )],
+            facts: vec![Fact::Missing {
+                missing: MissingFact::PeerTtl,
+            }],
+        },
+        (Some(rst), None) => {
+            let mut evidence = vec![format!(
+                "RST TTL {rst}, but no handshake TTL is known for {} (the connection is older \
+                 than the observer and no other connection to that host was seen)",
+                f.remote.ip()
+            )];
+            let mut facts = vec![
+                Fact::HandshakeNotSeen,
+                Fact::Missing {
+                    missing: MissingFact::PeerTtl,
+                },
+            ];
+            if is_initial_ttl(rst) && !f.remote.ip().is_loopback() {
+                evidence.push(format!(
+                    "RST TTL {rst} is an unchanged initial TTL: it was sent from this host's \
+                     local link, so not by {} if the route reaches it through a gateway",
+                    f.remote.ip()
+                ));
+                facts.push(Fact::RstTtlLocalLink { rst_ttl: rst });
+            }
+            TtlCheck {
+                says: TtlSays::Unknown,
+                evidence,
+                facts,
+            }
+        }
+    }
+}
+
+/// A TTL exactly as common stacks start it (64 Linux, 128 Windows, 255 network gear): its
+/// sender is zero hops away.
+fn is_initial_ttl(ttl: u8) -> bool {
+    matches!(ttl, 64 | 128 | 255)
+}
+
+fn hop_fact(rst: u8, peer: u8) -> Fact {
+    let (rst_initial, peer_initial) = (initial_ttl(rst), initial_ttl(peer));
+    let hops = rst.abs_diff(peer);
+    if rst == peer {
+        Fact::RstTtlEqual {
+            rst_ttl: rst,
+            peer_ttl: peer,
+        }
+    } else if rst_initial != peer_initial {
+        Fact::RstTtlOtherSender {
+            rst_ttl: rst,
+            peer_ttl: peer,
+            rst_initial,
+            peer_initial,
+        }
+    } else if rst > peer {
+        Fact::RstTtlCloser {
+            rst_ttl: rst,
+            peer_ttl: peer,
+            hops,
+        }
+    } else {
+        Fact::RstTtlFarther {
+            rst_ttl: rst,
+            peer_ttl: peer,
+            hops,
+        }
     }
 }
 

@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 
 use super::{
     conn::Keepalive,
-    finding::{Confidence, FindingKind, Verdict},
+    finding::{Confidence, Fact, FindingKind, GapEnd, Verdict},
 };
 use crate::event::{Task, TcpEvent, TcpState};
 
@@ -49,6 +49,10 @@ pub(super) struct Facts<'a> {
     pub threshold: Threshold,
     /// Another connection to the same remote heard from the peer during this one's silence.
     pub alive: Option<Alive>,
+    /// How long the connection had been idle when the peer's FIN came.
+    pub idle_at_fin_ms: Option<u64>,
+    /// The shortest such idle time learned for the remote (this death included).
+    pub learned_close_ms: Option<u64>,
 }
 
 /// The peer's TTL / hop limit from a handshake.
@@ -81,6 +85,17 @@ impl Gap {
     /// what the path had to remember, not merely a quiet receive side.
     fn is_explicit(&self) -> bool {
         self.source != GapSource::ReceiveIdle
+    }
+
+    fn fact(&self) -> Fact {
+        Fact::IdleGap {
+            idle_ms: self.ms,
+            ended_by: match self.source {
+                GapSource::IdleSend => GapEnd::Send,
+                GapSource::KeepaliveProbe => GapEnd::KeepaliveProbe,
+                GapSource::ReceiveIdle => GapEnd::Unknown,
+            },
+        }
     }
 
     fn sentence(&self) -> String {
@@ -116,6 +131,19 @@ impl Threshold {
         }
     }
 
+    fn fact(&self, gap_ms: u64) -> Fact {
+        let (threshold_ms, learned) = match *self {
+            Self::Learned { lo_ms } => (lo_ms, true),
+            Self::Floor { ms } => (ms, false),
+        };
+        Fact::IdleThreshold {
+            idle_ms: gap_ms,
+            threshold_ms,
+            learned,
+            reached: self.reached(gap_ms),
+        }
+    }
+
     fn sentence(&self, gap_ms: u64, remote: SocketAddr) -> String {
         let reached = self.reached(gap_ms);
         match *self {
@@ -148,6 +176,8 @@ pub(super) struct Decision {
     pub kind: FindingKind,
     pub confidence: Confidence,
     pub evidence: Vec<String>,
+    /// The same facts for machines.
+    pub facts: Vec<Fact>,
     /// The idle gap that ended this death, when it bounds the path's idle timeout (and so
     /// teaches the remote's learner).
     pub learn_gap_ms: Option<u64>,
@@ -162,6 +192,7 @@ impl Decision {
             kind,
             confidence,
             evidence: Vec::new(),
+            facts: Vec::new(),
             learn_gap_ms: None,
             peer_closed_first: false,
         }
@@ -169,6 +200,11 @@ impl Decision {
 
     fn with(mut self, evidence: impl IntoIterator<Item = String>) -> Self {
         self.evidence.extend(evidence);
+        self
+    }
+
+    fn fact(mut self, facts: impl IntoIterator<Item = Fact>) -> Self {
+        self.facts.extend(facts);
         self
     }
 }

@@ -4,10 +4,10 @@ use keepalive_common::tcp_flags;
 
 use super::{
     Decision, Facts, Threshold,
-    evidence::{TtlCompare, compare_ttl, idle_check},
+    evidence::{TtlSays, compare_ttl, idle_check},
 };
 use crate::{
-    correlate::finding::{Confidence, FindingKind, Verdict},
+    correlate::finding::{Confidence, Fact, FindingKind, MissingFact, Verdict},
     event::TcpState,
 };
 
@@ -16,37 +16,56 @@ use crate::{
 /// 1. In SYN_SENT it answers our SYN: `peer_reset` / `refused`, `confirmed` when its TTL is
 ///    the peer's, `likely` when unknown, `possible` when it differs (a firewall on the path
 ///    may have refused it).
-/// 2. Its TTL differs from the peer's handshake TTL: `middlebox_drop` / `forged_rst`. If the
-///    idle-expiry test holds as well, the two independent signals agree: `confirmed`, with the
-///    idle evidence; otherwise `likely` (a route change can also shift a TTL).
-/// 3. Its TTL equals the peer's: the peer host (or its own firewall) sent it, even after a long
-///    idle gap. Without an ACK it is the peer's kernel answering a segment for a connection it
-///    does not have (restarted, socket destroyed, or a balancer rehashed the flow to a backend
-///    that never saw it): `peer_reset` / `peer_lost_state`; with one, the peer's application
-///    aborted a live connection: `peer_reset` / `peer_abort`. Both `confirmed`: the TTL and the
-///    flags are independent facts.
-/// 4. TTL unknown and the idle-expiry test holds: `middlebox_drop` / `idle_expiry_rst`,
+/// 2. In CLOSE_WAIT the peer had sent its FIN first and this host used the connection again
+///    (a pooled connection the server closed for idleness): `peer_reset` / `keepalive_race`,
+///    with how long the connection had been idle when the FIN came. `confirmed` when the
+///    RST's TTL is the peer's, `likely` otherwise.
+/// 3. Its TTL differs from the peer's handshake TTL: `middlebox_drop` / `forged_rst`. If the
+///    idle-expiry test holds as well and the TTL is from this connection's own handshake, the
+///    two independent signals agree: `confirmed`, with the idle evidence; otherwise `likely`
+///    (a route change can also shift a TTL, another connection may reach another backend).
+/// 4. Its TTL equals the peer's: the peer host sent it, or something at its distance (a
+///    balancer's backend, a middlebox copying the TTL). Without an ACK it is a stack
+///    answering a segment for a connection it does not have (restarted, socket destroyed, a
+///    balancer rehashed the flow): `peer_reset` / `peer_lost_state`; with one, the peer's
+///    application aborted a live connection: `peer_abort`. `confirmed` only when the
+///    independent facts agree: the TTL, the flags, and an idle gap below what connections
+///    survived (or the floor); otherwise `likely`, naming what is missing.
+/// 5. TTL unknown and the idle-expiry test holds: `middlebox_drop` / `idle_expiry_rst`,
 ///    `likely` against a learned bound, `possible` against the configured floor.
-/// 5. Otherwise `peer_reset` / `peer_abort`, `likely`.
-///
-/// In CLOSE_WAIT the peer had sent its FIN first: the RST answers this host's use of a
-/// connection the peer had closed (a stale pooled connection), said in the evidence.
+/// 6. Otherwise (a TTL unknown: the RST was not seen, or the connection is older than the
+///    observer and its peer's distance is unknown) `peer_reset` / `peer_lost_state` without an
+///    ACK, else `peer_abort`: `likely` only when the peer's distance is known and the idle gap
+///    is below the threshold, else `possible`, naming what is missing. Never a confident
+///    verdict the facts do not support.
 pub(in crate::correlate) fn reset_received(f: &Facts) -> Decision {
     if f.state == TcpState::SynSent {
         return refused(f);
     }
+    if f.state == TcpState::CloseWait {
+        return keepalive_race(f);
+    }
     let idle = idle_check(f);
-    let peer_closed_first = f.state == TcpState::CloseWait;
-    let mut decision = match compare_ttl(f) {
-        TtlCompare::Differ(ttl_evidence) => {
-            let confidence = if idle.applies {
+    let ttl = compare_ttl(f);
+    let mut decision = match ttl.says {
+        TtlSays::Differ => {
+            // A distance taken from another connection to the host may be another backend's.
+            let own_distance = f.peer_ttl.is_some_and(|p| p.own_handshake);
+            let confidence = if idle.applies && own_distance {
                 Confidence::Confirmed
             } else {
                 Confidence::Likely
             };
             let mut d = Decision::new(Verdict::MiddleboxDrop, FindingKind::ForgedRst, confidence)
-                .with(ttl_evidence)
-                .with(idle.evidence);
+                .with(ttl.evidence)
+                .fact(ttl.facts)
+                .with(idle.evidence)
+                .fact(idle.facts);
+            if !idle.applies {
+                d.facts.push(Fact::Missing {
+                    missing: MissingFact::IdleExpiry,
+                });
+            }
             // A forged RST after a flagged idle gap that keepalive did not cover also bounds
             // the path's timeout; one in the middle of traffic (a firewall's policy) does not.
             let explicit = f.gap.is_some_and(|g| g.is_explicit());
@@ -55,31 +74,37 @@ pub(in crate::correlate) fn reset_received(f: &Facts) -> Decision {
             }
             d
         }
-        TtlCompare::Same(ttl_evidence) => {
-            // In CLOSE_WAIT the peer closed first: a stale reuse, whatever its stack answered.
-            let lost = f.state != TcpState::CloseWait
-                && f.rst_flags.is_some_and(|flags| flags & tcp_flags::ACK == 0);
-            let (kind, flags) = if lost {
-                (
-                    FindingKind::PeerLostState,
-                    "the RST carries no ACK: the peer's kernel answered this host's segment for \
-                     a connection it does not have",
-                )
-            } else {
-                (
-                    FindingKind::PeerAbort,
-                    "the RST carries an ACK: a live socket on the peer aborted the connection",
-                )
-            };
-            let mut d = Decision::new(Verdict::PeerReset, kind, Confidence::Confirmed)
-                .with(ttl_evidence)
-                .with(idle.evidence);
-            if f.rst_flags.is_some() {
-                d.evidence.push(flags.to_owned());
+        TtlSays::Same => {
+            let mut missing = Vec::new();
+            if f.rst_flags.is_none() {
+                missing.push(MissingFact::RstFlags);
             }
+            if !idle.below_threshold {
+                missing.push(MissingFact::IdleExpiry);
+            }
+            let confidence = if missing.is_empty() {
+                Confidence::Confirmed
+            } else {
+                Confidence::Likely
+            };
+            let mut d = Decision::new(Verdict::PeerReset, peer_kind(f), confidence)
+                .with(ttl.evidence)
+                .fact(ttl.facts)
+                .with(idle.evidence)
+                .fact(idle.facts);
+            flags_evidence(f, &mut d);
+            if idle.applies {
+                d.evidence.push(
+                    "the idle gap is long enough for a middlebox's idle timeout, and a \
+                     middlebox can copy the peer's TTL: the TTL alone does not prove the peer"
+                        .to_owned(),
+                );
+            }
+            d.facts
+                .extend(missing.into_iter().map(|missing| Fact::Missing { missing }));
             d
         }
-        TtlCompare::Unknown(sentence) if idle.applies => {
+        TtlSays::Unknown if idle.applies => {
             let confidence = match f.threshold {
                 Threshold::Learned { .. } => Confidence::Likely,
                 Threshold::Floor { .. } => Confidence::Possible,
@@ -90,31 +115,106 @@ pub(in crate::correlate) fn reset_received(f: &Facts) -> Decision {
                 confidence,
             )
             .with(idle.evidence)
-            .with([sentence]);
+            .fact(idle.facts)
+            .with(ttl.evidence)
+            .fact(ttl.facts);
             d.learn_gap_ms = f.gap.map(|g| g.ms);
             d
         }
-        TtlCompare::Unknown(sentence) => Decision::new(
-            Verdict::PeerReset,
-            FindingKind::PeerAbort,
-            Confidence::Likely,
-        )
-        .with([sentence])
-        .with(idle.evidence),
+        TtlSays::Unknown => {
+            let peer_distance_known = f.peer_ttl.is_some();
+            let confidence = if peer_distance_known && idle.below_threshold {
+                Confidence::Likely
+            } else {
+                Confidence::Possible
+            };
+            let mut d = Decision::new(Verdict::PeerReset, peer_kind(f), confidence)
+                .with(ttl.evidence)
+                .fact(ttl.facts)
+                .with(idle.evidence)
+                .fact(idle.facts);
+            flags_evidence(f, &mut d);
+            if confidence == Confidence::Possible {
+                d.evidence.push(
+                    "without the peer's distance the RST may as well come from a device on \
+                     the path: the facts do not decide it"
+                        .to_owned(),
+                );
+            }
+            d
+        }
     };
-    if peer_closed_first {
-        decision.evidence.push(
-            "the peer had closed its end first (FIN received, socket in CLOSE_WAIT) and \
-             answered this host's later segment with an RST"
-                .to_owned(),
-        );
-        decision.peer_closed_first = true;
-    } else if f.state != TcpState::Established {
+    if f.state != TcpState::Established {
         decision
             .evidence
             .push(format!("socket was {} when the RST arrived", f.state));
+        decision.facts.push(Fact::SocketState { state: f.state });
     }
     decision
+}
+
+/// Without an ACK the RST is a stack's answer for a connection it does not have.
+fn peer_kind(f: &Facts) -> FindingKind {
+    if f.rst_flags.is_some_and(|flags| flags & tcp_flags::ACK == 0) {
+        FindingKind::PeerLostState
+    } else {
+        FindingKind::PeerAbort
+    }
+}
+
+fn flags_evidence(f: &Facts, d: &mut Decision) {
+    let Some(flags) = f.rst_flags else {
+        return;
+    };
+    if flags & tcp_flags::ACK == 0 {
+        d.evidence.push(
+            "the RST carries no ACK: the peer's kernel answered this host's segment for a \
+             connection it does not have"
+                .to_owned(),
+        );
+        d.facts.push(Fact::RstWithoutAck);
+    } else {
+        d.evidence.push(
+            "the RST carries an ACK: a live socket on the peer aborted the connection".to_owned(),
+        );
+        d.facts.push(Fact::RstWithAck);
+    }
+}
+
+/// The peer closed its end first (FIN, socket in CLOSE_WAIT), and the RST answered this
+/// host's later use of the connection: a pooled keep-alive connection the server had closed.
+fn keepalive_race(f: &Facts) -> Decision {
+    let ttl = compare_ttl(f);
+    let confidence = if ttl.says == TtlSays::Same {
+        Confidence::Confirmed
+    } else {
+        Confidence::Likely
+    };
+    let mut d = Decision::new(Verdict::PeerReset, FindingKind::KeepaliveRace, confidence);
+    d.evidence.push(match f.idle_at_fin_ms {
+        Some(ms) => format!(
+            "the peer closed its end (FIN) after the connection had been idle {ms} ms, and \
+             answered this host's later segment with an RST"
+        ),
+        None => "the peer had closed its end first (FIN received, socket in CLOSE_WAIT) and \
+                 answered this host's later segment with an RST"
+            .to_owned(),
+    });
+    d.facts.push(Fact::PeerClosedFirst {
+        idle_at_fin_ms: f.idle_at_fin_ms,
+        learned_close_ms: f.learned_close_ms,
+    });
+    if let Some(ms) = f.learned_close_ms {
+        d.evidence.push(format!(
+            "{} closes connections idle for about {ms} ms (the shortest idle before its FIN \
+             seen so far)",
+            f.remote
+        ));
+    }
+    d = d.with(ttl.evidence).fact(ttl.facts);
+    flags_evidence(f, &mut d);
+    d.peer_closed_first = true;
+    d
 }
 
 fn refused(f: &Facts) -> Decision {
@@ -122,15 +222,18 @@ fn refused(f: &Facts) -> Decision {
         "the RST answered this host's SYN: nothing accepted the connection to {}",
         f.remote
     );
-    let (confidence, ttl) = match compare_ttl(f) {
-        TtlCompare::Same(e) => (Confidence::Confirmed, e),
-        TtlCompare::Unknown(s) => (Confidence::Likely, vec![s]),
-        TtlCompare::Differ(mut e) => {
-            e.push("a firewall on the path may have refused it".to_owned());
-            (Confidence::Possible, e)
+    let mut ttl = compare_ttl(f);
+    let confidence = match ttl.says {
+        TtlSays::Same => Confidence::Confirmed,
+        TtlSays::Unknown => Confidence::Likely,
+        TtlSays::Differ => {
+            ttl.evidence
+                .push("a firewall on the path may have refused it".to_owned());
+            Confidence::Possible
         }
     };
     Decision::new(Verdict::PeerReset, FindingKind::Refused, confidence)
         .with([first])
-        .with(ttl)
+        .with(ttl.evidence)
+        .fact(ttl.facts)
 }

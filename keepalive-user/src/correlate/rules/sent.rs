@@ -7,7 +7,7 @@ use super::{
     silent::{Silence, silent_timeout},
 };
 use crate::{
-    correlate::finding::{Confidence, FindingKind, Verdict},
+    correlate::finding::{Confidence, Fact, FindingKind, Verdict},
     event::{Task, TcpEvent, TcpState},
 };
 
@@ -83,6 +83,14 @@ pub(in crate::correlate) fn reply_reset(ev: &TcpEvent) -> Decision {
             FindingKind::BadState,
             Confidence::Confirmed,
         )
+        .fact([
+            Fact::KernelReason {
+                reason: reason.clone(),
+            },
+            Fact::SocketState {
+                state: ev.old_state,
+            },
+        ])
         .with([format!(
             "a segment from {remote} did not fit {what} with {local}, and this host answered \
              with an RST (kernel reason {reason})"
@@ -111,7 +119,14 @@ pub(in crate::correlate) fn reply_reset(ev: &TcpEvent) -> Decision {
     } else {
         Confidence::Likely
     };
-    Decision::new(Verdict::LocalClose, FindingKind::NoSocket, confidence).with([sentence])
+    Decision::new(Verdict::LocalClose, FindingKind::NoSocket, confidence)
+        .with([sentence])
+        .fact([
+            Fact::KernelReason { reason },
+            Fact::SocketState {
+                state: ev.old_state,
+            },
+        ])
 }
 
 /// States in which `tcp_disconnect` resets the peer (`tcp_need_reset` in net/ipv4/tcp.c).
@@ -142,11 +157,19 @@ pub(in crate::correlate) fn active_reset(f: &Facts) -> Decision {
     let state = f.state;
     let local = |kind, what: &str| {
         let reason = reason_name(ev).unwrap_or("none");
-        Decision::new(Verdict::LocalClose, kind, Confidence::Confirmed).with([
-            format!("kernel reason {reason}: {what}"),
-            format!("socket was {state}"),
-            process_sentence(ev.task.as_ref(), f.owner),
-        ])
+        Decision::new(Verdict::LocalClose, kind, Confidence::Confirmed)
+            .with([
+                format!("kernel reason {reason}: {what}"),
+                format!("socket was {state}"),
+                process_sentence(ev.task.as_ref(), f.owner),
+            ])
+            .fact([
+                Fact::KernelReason {
+                    reason: reason.to_owned(),
+                },
+                Fact::SocketState { state },
+            ])
+            .fact(process_fact(ev.task.as_ref(), f.owner))
     };
     match reason_name(ev) {
         Some("TCP_KEEPALIVE_TIMEOUT") => silent_timeout(f, Silence::KeepaliveTimeout),
@@ -213,11 +236,23 @@ fn from_socket_state(f: &Facts) -> Decision {
     let ev = f.ev;
     let facts = ev.reset_facts.unwrap_or_default();
     let local = |kind, what: String, confidence| {
-        Decision::new(Verdict::LocalClose, kind, confidence).with([
-            format!("{what} (the kernel gives no reset reason; seen on the socket)"),
-            format!("socket was {}", f.state),
-            process_sentence(ev.task.as_ref(), f.owner),
-        ])
+        let mut decision = Decision::new(Verdict::LocalClose, kind, confidence)
+            .with([
+                format!("{what} (the kernel gives no reset reason; seen on the socket)"),
+                format!("socket was {}", f.state),
+                process_sentence(ev.task.as_ref(), f.owner),
+            ])
+            .fact([Fact::NoKernelReason, Fact::SocketState { state: f.state }])
+            .fact(process_fact(ev.task.as_ref(), f.owner));
+        if facts.unread_bytes > 0 {
+            decision.facts.push(Fact::UnreadBytes {
+                bytes: facts.unread_bytes,
+            });
+        }
+        if facts.linger_zero {
+            decision.facts.push(Fact::LingerZero);
+        }
+        decision
     };
     let unread = facts.unread_bytes;
     if facts.probes_exhausted {
@@ -248,6 +283,17 @@ fn from_socket_state(f: &Facts) -> Decision {
             Confidence::Likely,
         )
     }
+}
+
+/// The process that sent the RST, and the owner when another one.
+pub(super) fn process_fact(task: Option<&Task>, owner: Option<&Task>) -> Vec<Fact> {
+    task.into_iter()
+        .chain(owner.filter(|o| task.is_none_or(|t| t.pid != o.pid)))
+        .map(|t| Fact::Process {
+            pid: t.pid,
+            comm: t.comm,
+        })
+        .collect()
 }
 
 pub(super) fn process_sentence(task: Option<&Task>, owner: Option<&Task>) -> String {

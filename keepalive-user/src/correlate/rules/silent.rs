@@ -3,10 +3,11 @@
 
 use super::{
     Decision, ECONNABORTED, ECONNREFUSED, ECONNRESET, EPIPE, ETIMEDOUT, Facts, Gap, GapSource,
-    sent::process_sentence,
+    evidence::keepalive_fact,
+    sent::{process_fact, process_sentence},
 };
 use crate::{
-    correlate::finding::{Confidence, FindingKind, Verdict},
+    correlate::finding::{Confidence, Fact, FindingKind, MissingFact, Verdict},
     event::TcpState,
 };
 
@@ -18,13 +19,18 @@ pub(super) enum Silence {
 }
 
 /// No RST, no answer: keepalive probes unanswered until the keepalive-timeout reset, or
-/// ETIMEDOUT after retransmissions (or unanswered SYNs). `middlebox_drop` / `silent_timeout`:
-/// `likely` when another connection to the same remote heard from the peer while this one
-/// got no answer (the peer host was up, so the path dropped the flow), `possible` otherwise
-/// (the peer host may have been down). The gap before the unanswered transmission teaches the
-/// remote's learner.
+/// ETIMEDOUT after retransmissions (or unanswered SYNs): the path or the peer is gone.
+/// `middlebox_drop` / `silent_timeout`: `likely` when another connection to the same remote
+/// heard from the peer while this one got no answer (the peer host was up, so the path
+/// dropped the flow), and then the gap before the unanswered transmission teaches the
+/// remote's learner. `possible` otherwise: the peer host may simply be down, the evidence and
+/// the advice say so, and such a death teaches the learner nothing.
 pub(super) fn silent_timeout(f: &Facts, how: Silence) -> Decision {
     let probes = f.keepalive.map_or(0, |k| k.probes_out);
+    let mut facts = vec![Fact::Unanswered {
+        probes,
+        retransmits: f.ev.retransmits.filter(|_| how == Silence::TimedOut),
+    }];
     let mut evidence = vec![match how {
         Silence::KeepaliveTimeout => format!(
             "{probes} keepalive probes went unanswered and the kernel gave up with an RST \
@@ -44,9 +50,11 @@ pub(super) fn silent_timeout(f: &Facts, how: Silence) -> Decision {
     }];
     if let Some(k) = f.keepalive.filter(|k| k.enabled) {
         evidence.push(format!("keepalive on: {}", k.settings()));
+        facts.push(keepalive_fact(k));
     }
     let gap = f.gap.filter(Gap::is_explicit);
     if let Some(gap) = gap {
+        facts.push(gap.fact());
         evidence.push(match gap.source {
             GapSource::IdleSend => format!(
                 "this host sent after {} ms idle and never got an answer",
@@ -62,14 +70,21 @@ pub(super) fn silent_timeout(f: &Facts, how: Silence) -> Decision {
                  this one got no answer: the peer host was up",
                 f.remote, alive.ago_ms
             ));
+            facts.push(Fact::OtherConnectionAnswered {
+                ago_ms: alive.ago_ms,
+            });
             Confidence::Likely
         }
         None => {
             evidence.push(format!(
                 "no other connection to {} was heard from while this one got no answer: the \
-                 peer host may have been down",
+                 peer may be down, so this death does not teach the learned idle timeout",
                 f.remote
             ));
+            facts.push(Fact::NoOtherConnectionAnswered);
+            facts.push(Fact::Missing {
+                missing: MissingFact::OtherConnectionAnswered,
+            });
             Confidence::Possible
         }
     };
@@ -78,8 +93,11 @@ pub(super) fn silent_timeout(f: &Facts, how: Silence) -> Decision {
         FindingKind::SilentTimeout,
         confidence,
     )
-    .with(evidence);
-    decision.learn_gap_ms = gap.map(|g| g.ms);
+    .with(evidence)
+    .fact(facts);
+    if f.alive.is_some() {
+        decision.learn_gap_ms = gap.map(|g| g.ms);
+    }
     decision
 }
 
@@ -95,7 +113,8 @@ pub(super) fn silent_timeout(f: &Facts, how: Silence) -> Decision {
 ///   observer started: `peer_reset` / `peer_abort`, `possible`.
 /// - Other errors (ICMP unreachables) end no connection this product attributes: no finding.
 pub(in crate::correlate) fn socket_error(f: &Facts) -> Option<Decision> {
-    let decision = match f.ev.sk_err? {
+    let errno = f.ev.sk_err?;
+    let decision = match errno {
         ETIMEDOUT => silent_timeout(f, Silence::TimedOut),
         ECONNREFUSED => Decision::new(
             Verdict::PeerReset,
@@ -118,7 +137,9 @@ pub(in crate::correlate) fn socket_error(f: &Facts) -> Option<Decision> {
                 .to_owned(),
             format!("socket was {}", f.state),
             process_sentence(None, f.owner),
-        ]),
+        ])
+        .fact([Fact::SocketState { state: f.state }])
+        .fact(process_fact(None, f.owner)),
         ECONNRESET | EPIPE if f.state == TcpState::SynSent => return None,
         err @ (ECONNRESET | EPIPE) => Decision::new(
             Verdict::PeerReset,
@@ -131,5 +152,5 @@ pub(in crate::correlate) fn socket_error(f: &Facts) -> Option<Decision> {
         )]),
         _ => return None,
     };
-    Some(decision)
+    Some(decision.fact([Fact::SocketError { errno }]))
 }
