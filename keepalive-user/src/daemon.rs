@@ -10,6 +10,7 @@ use keepalive_observer::{
         observer::{LoadOptions, Observer},
     },
     metrics::{Metrics, server::MetricsServer},
+    notify,
     record::{RecordHeader, Recorder},
     sink::{
         Fanout, HookLine, HookStatus, JournaldSink, JsonSink, Sink, SinkError, StartupReport,
@@ -81,6 +82,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     update_metrics(&mut pipeline, &observer);
     pipeline.ready(&report)?;
+    if let Err(error) = notify::ready() {
+        tracing::warn!("{error}");
+    }
     // The correlator's clock: it releases held findings and forgets closed sockets on ticks.
     let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut stats = (!args.stats_interval.is_zero()).then(|| {
@@ -126,6 +130,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             take_counters(&mut pipeline, &observer);
             pipeline.stats()?;
         }
+    }
+    if let Err(error) = notify::stopping() {
+        tracing::warn!("{error}");
     }
     observer.drain_waiting(|bytes| pipeline.on_record(bytes));
     pipeline.flush();

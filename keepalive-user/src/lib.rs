@@ -5,6 +5,7 @@ pub mod correlate;
 pub mod event;
 pub mod kernel;
 pub mod metrics;
+pub mod notify;
 pub mod record;
 pub mod sink;
 pub mod state;
