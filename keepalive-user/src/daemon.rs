@@ -135,6 +135,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::warn!("{error}");
     }
     observer.drain_waiting(|bytes| pipeline.on_record(bytes));
+    pipeline.finish();
     pipeline.flush();
     take_counters(&mut pipeline, &observer);
     drop(observer);

@@ -139,6 +139,15 @@ impl Pipeline {
         self.emit(&findings);
     }
 
+    /// The end (exit, or the end of a replay): the correlator releases everything it held.
+    pub fn finish(&mut self) {
+        if self.stopped() {
+            return;
+        }
+        let findings = self.correlator.finish();
+        self.emit(&findings);
+    }
+
     fn emit(&mut self, findings: &[Finding]) {
         for finding in findings {
             self.loss.count_finding();

@@ -52,6 +52,7 @@ pub fn run(file: &Path, format: Format, events: bool) -> anyhow::Result<()> {
             Some(error) => return Err(error.into()),
         }
     }
+    pipeline.finish();
     pipeline.flush();
     match pipeline.take_error() {
         None | Some(PipelineError::Sink(keepalive_observer::sink::SinkError::StdoutClosed)) => {}

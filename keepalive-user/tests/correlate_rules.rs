@@ -1283,6 +1283,11 @@ fn an_old_connection_with_no_known_peer_distance_gets_no_confident_verdict() {
     run.feed(ev(FirstSight, 1, 0).origin(Origin::Connected))
         .feed(ev(IdleSend, 1, 10_000).idle(10_000).app())
         .rst(1, 10_001, 10_001, Some(64));
+    assert!(
+        run.findings.is_empty(),
+        "a zero-hop RST waits for a local other end"
+    );
+    run.tick(11_001);
     let f = run.only();
     assert_eq!(
         (f.verdict, f.kind, f.confidence),
@@ -1350,7 +1355,8 @@ fn an_old_accepted_connection_never_enters_the_destination_table() {
             .remote(client)
             .idle(9000),
     )
-    .rst(1, 20_001, 9001, Some(64));
+    .rst(1, 20_001, 9001, Some(64))
+    .tick(21_001);
     assert_eq!(run.findings.len(), 1);
     assert_eq!(run.c.stats().remotes, 0);
     assert_eq!(run.c.timeout_window(NETNS_COOKIE, addr(client)), None);
@@ -1701,5 +1707,194 @@ fn sysctls_are_read_from_a_directory() {
             tcp_keepalive_intvl: 75,
             tcp_keepalive_probes: 9,
         }
+    );
+}
+
+/// A connection between two sockets of this host on loopback: the client (`python3`, pid 9835)
+/// and the server (`nginx`, pid 812).
+fn loopback_pair(run: &mut Run) {
+    let (client, server) = ("127.0.0.1:40000", "127.0.0.1:8080");
+    run.feed(
+        ev(StateChange, 1, 0)
+            .local("127.0.0.1:0")
+            .remote(server)
+            .states(Close, SynSent)
+            .task(9835, "python3"),
+    )
+    .feed(
+        ev(SegmentTtl, 1, 0)
+            .local(client)
+            .remote(server)
+            .segment(64, SYN | ACK),
+    )
+    .feed(
+        ev(StateChange, 1, 0)
+            .local(client)
+            .remote(server)
+            .states(SynSent, Established),
+    )
+    .feed(
+        ev(SegmentTtl, 500, 0)
+            .local(server)
+            .remote(client)
+            .segment(64, SYN),
+    )
+    .feed(
+        ev(StateChange, 2, 0)
+            .local(server)
+            .remote(client)
+            .states(Listen, SynRecv),
+    )
+    .feed(
+        ev(StateChange, 2, 0)
+            .local(server)
+            .remote(client)
+            .states(SynRecv, Established),
+    )
+    .feed(
+        ev(IdleSend, 2, 1)
+            .local(server)
+            .remote(client)
+            .idle(0)
+            .task(812, "nginx"),
+    );
+}
+
+/// The client closes with `SO_LINGER {1, 0}`.
+fn linger_zero_close(run: &mut Run, at_ms: u64) -> &mut Run {
+    let (client, server) = ("127.0.0.1:40000", "127.0.0.1:8080");
+    run.feed(
+        ev(StateChange, 1, at_ms)
+            .local(client)
+            .remote(server)
+            .states(Established, Close),
+    )
+    .feed(
+        ev(ResetSent, 1, at_ms)
+            .local(client)
+            .remote(server)
+            .state(Close)
+            .reason("TCP_STATE")
+            .task(9835, "python3"),
+    )
+}
+
+fn reset_seen_by_the_server(run: &mut Run, at_ms: u64) {
+    let (client, server) = ("127.0.0.1:40000", "127.0.0.1:8080");
+    run.feed(
+        ev(SegmentTtl, 2, at_ms)
+            .local(server)
+            .remote(client)
+            .segment(64, RST | ACK),
+    )
+    .feed(
+        ev(ResetReceived, 2, at_ms)
+            .local(server)
+            .remote(client)
+            .idle(1500),
+    );
+}
+
+fn assert_linked(run: &Run) {
+    assert_eq!(run.findings.len(), 2, "{:#?}", run.findings);
+    let (closer, receiver) = (&run.findings[0], &run.findings[1]);
+    assert_eq!(
+        (closer.verdict, closer.kind, closer.cookie),
+        (Verdict::LocalClose, FindingKind::LingerZero, 1)
+    );
+    assert!(
+        has(
+            closer,
+            "the peer, nginx (pid 812) at 127.0.0.1:8080 on this host, saw the reset"
+        ),
+        "{:#?}",
+        closer.evidence
+    );
+    assert!(closer.facts.contains(&Fact::LocalPeer {
+        pid: Some(812),
+        comm: Some("nginx".into()),
+        addr: addr("127.0.0.1:8080"),
+    }));
+    assert_eq!(
+        (receiver.verdict, receiver.confidence, receiver.cookie),
+        (Verdict::PeerReset, Confidence::Confirmed, 2)
+    );
+    assert!(has(
+        receiver,
+        "the other end is python3 (pid 9835) on this host, and it reset the connection \
+         (linger_zero)"
+    ));
+    assert!(
+        receiver
+            .advice
+            .starts_with("the reset came from python3 (pid 9835) on this host (linger_zero)"),
+        "{}",
+        receiver.advice
+    );
+    assert_eq!(receiver.actions, closer.actions);
+    for f in &run.findings {
+        assert_ne!(f.verdict, Verdict::MiddleboxDrop);
+    }
+}
+
+#[test]
+fn both_ends_on_this_host_are_linked_when_the_closer_comes_first() {
+    let mut run = Run::new();
+    loopback_pair(&mut run);
+    linger_zero_close(&mut run, 1500);
+    assert!(run.findings.is_empty(), "the close waits for its other end");
+    reset_seen_by_the_server(&mut run, 1500);
+    assert_linked(&run);
+}
+
+#[test]
+fn both_ends_on_this_host_are_linked_when_the_reset_is_seen_first() {
+    let mut run = Run::new();
+    loopback_pair(&mut run);
+    reset_seen_by_the_server(&mut run, 1500);
+    assert!(run.findings.is_empty(), "the RST waits for its other end");
+    linger_zero_close(&mut run, 1500);
+    assert_linked(&run);
+}
+
+#[test]
+fn a_finding_waiting_for_its_other_end_is_not_lost() {
+    let mut run = Run::new();
+    loopback_pair(&mut run);
+    linger_zero_close(&mut run, 1500).tick(1600);
+    assert!(run.findings.is_empty(), "still within the wait");
+    run.tick(1800);
+    assert_eq!(run.only().kind, FindingKind::LingerZero);
+    let mut at_exit = Run::new();
+    loopback_pair(&mut at_exit);
+    linger_zero_close(&mut at_exit, 1500);
+    let released = at_exit.c.finish();
+    assert_eq!(released.len(), 1, "released at the end");
+}
+
+#[test]
+fn loopback_is_never_a_middlebox_idle_expiry() {
+    let mut run = Run::new();
+    run.feed(
+        ev(FirstSight, 1, 0)
+            .local("127.0.0.1:40000")
+            .remote("127.0.0.1:8080")
+            .origin(Origin::Connected),
+    )
+    .feed(
+        ev(ResetReceived, 1, 60_000)
+            .local("127.0.0.1:40000")
+            .remote("127.0.0.1:8080")
+            .idle(60_000),
+    )
+    .tick(62_000);
+    let f = run.only();
+    assert_eq!(
+        (f.verdict, f.kind, f.confidence),
+        (
+            Verdict::PeerReset,
+            FindingKind::PeerAbort,
+            Confidence::Possible
+        )
     );
 }

@@ -49,6 +49,8 @@ pub(super) enum Outcome {
     Reported,
     /// Decided but held back: a later event of the same death may change the verdict.
     Provisional(Box<Finding>),
+    /// Decided, and waiting briefly for the record of its other end on this host.
+    Pairing(Box<Finding>),
 }
 
 impl Conn {

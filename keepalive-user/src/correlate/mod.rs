@@ -23,11 +23,15 @@ mod conn;
 mod facts;
 mod finding;
 mod learn;
+mod local_peer;
 mod lru;
 mod remote;
 mod rules;
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    collections::VecDeque,
+    net::{IpAddr, SocketAddr},
+};
 
 pub use advice::{KnownTimeout, known_in as known_defaults_in};
 pub use config::{CorrelatorConfig, KeepaliveSysctls, SysctlError};
@@ -39,6 +43,7 @@ pub use learn::{Learned, Window};
 
 use self::{
     conn::{Conn, Outcome},
+    local_peer::{End, EndKey, may_be_local},
     lru::Lru,
     remote::{HostKey, Remote, RemoteKey},
     rules::{Decision, Facts},
@@ -71,6 +76,11 @@ pub struct Correlator {
     /// Last handshake TTL per peer host: the fallback for connections whose own handshake
     /// was not seen (opened before the observer started).
     host_ttls: Lru<HostKey, u8>,
+    /// Ends of connections that had a finding, for linking the two ends of a connection on
+    /// this host.
+    ends: Lru<EndKey, End>,
+    /// Findings waiting for their other end's record: (cookie, when).
+    pairing: VecDeque<(u64, u64)>,
 }
 
 impl Correlator {
@@ -80,6 +90,8 @@ impl Correlator {
             recent: Lru::new(config.max_recent),
             remotes: Lru::new(config.max_remotes),
             host_ttls: Lru::new(config.max_remotes),
+            ends: Lru::new(config.max_recent),
+            pairing: VecDeque::new(),
             config,
         }
     }
@@ -105,6 +117,7 @@ impl Correlator {
     pub fn on_tick(&mut self, mono_ns: u64) -> Vec<Finding> {
         let grace_ns = self.config.close_grace_ms.saturating_mul(1_000_000);
         let mut out = Vec::new();
+        self.release_pairing(mono_ns, &mut out);
         while let Some((&cookie, conn)) = self.recent.oldest() {
             if conn.seen_ns.saturating_add(grace_ns) > mono_ns {
                 break;
@@ -114,6 +127,12 @@ impl Correlator {
             }
         }
         out
+    }
+
+    /// Releases every finding still held back (at exit, or at the end of a replay): nothing
+    /// decided is lost.
+    pub fn finish(&mut self) -> Vec<Finding> {
+        self.on_tick(u64::MAX)
     }
 
     /// The learned idle timeout of the path to `remote` in the network namespace with cookie
@@ -260,8 +279,10 @@ impl Correlator {
         }
         let facts = self.facts(ev, &conn, state, None);
         let decision = rules::active_reset(&facts);
+        let wait = decision.verdict == Verdict::LocalClose
+            && may_be_local(conn.remote, facts.peer_ttl.map(|p| p.ttl));
         let finding = self.finding(ev, &conn, Some(&facts), decision);
-        out.push(finding);
+        self.emit(finding, wait, out);
     }
 
     fn on_reset_received(&mut self, ev: &TcpEvent, out: &mut Vec<Finding>) {
@@ -294,7 +315,10 @@ impl Correlator {
             conn.outcome = Outcome::Provisional(Box::new(finding));
             return;
         }
-        out.push(finding);
+        let wait = finding.verdict == Verdict::PeerReset
+            && finding.kind != FindingKind::Refused
+            && may_be_local(conn.remote, finding.rst_ttl);
+        self.emit(finding, wait, out);
     }
 
     fn on_socket_error(&mut self, ev: &TcpEvent, out: &mut Vec<Finding>) {
@@ -314,7 +338,7 @@ impl Correlator {
         if let Some(conn) = self.recent.peek_mut(&ev.cookie) {
             conn.outcome = Outcome::Reported;
         }
-        out.push(finding);
+        self.emit(finding, false, out);
     }
 
     /// Turns a decision into a finding: teaches the remote's learner, adds the window and
@@ -415,7 +439,7 @@ impl Correlator {
 /// Reports a death that was held back, as a connection is forgotten (grace over, or evicted
 /// to stay within a cap).
 fn release(conn: Conn, out: &mut Vec<Finding>) {
-    if let Outcome::Provisional(finding) = conn.outcome {
+    if let Outcome::Provisional(finding) | Outcome::Pairing(finding) = conn.outcome {
         out.push(*finding);
     }
 }

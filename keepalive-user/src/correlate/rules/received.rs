@@ -32,7 +32,8 @@ use crate::{
 ///    independent facts agree: the TTL, the flags, and an idle gap below what connections
 ///    survived (or the floor); otherwise `likely`, naming what is missing.
 /// 5. TTL unknown and the idle-expiry test holds: `middlebox_drop` / `idle_expiry_rst`,
-///    `likely` against a learned bound, `possible` against the configured floor.
+///    `likely` against a learned bound, `possible` against the configured floor; never on
+///    loopback, which has no middlebox.
 /// 6. Otherwise (a TTL unknown: the RST was not seen, or the connection is older than the
 ///    observer and its peer's distance is unknown) `peer_reset` / `peer_lost_state` without an
 ///    ACK, else `peer_abort`: `likely` only when the peer's distance is known and the idle gap
@@ -104,7 +105,8 @@ pub(in crate::correlate) fn reset_received(f: &Facts) -> Decision {
                 .extend(missing.into_iter().map(|missing| Fact::Missing { missing }));
             d
         }
-        TtlSays::Unknown if idle.applies => {
+        // Loopback has no middlebox to expire the flow.
+        TtlSays::Unknown if idle.applies && !f.remote.ip().is_loopback() => {
             let confidence = match f.threshold {
                 Threshold::Learned { .. } => Confidence::Likely,
                 Threshold::Floor { .. } => Confidence::Possible,

@@ -88,6 +88,13 @@ pub(super) fn silent_timeout(f: &Facts, how: Silence) -> Decision {
             Confidence::Possible
         }
     };
+    if f.remote.ip().is_loopback() {
+        evidence.push(
+            "the path is this host's loopback, with no middlebox on it: a local filter \
+             (nftables, a socket filter) dropped the segments"
+                .to_owned(),
+        );
+    }
     let mut decision = Decision::new(
         Verdict::MiddleboxDrop,
         FindingKind::SilentTimeout,
