@@ -747,3 +747,156 @@ fn sleep_ladder_learns_the_middlebox_timeout_window() {
         "the window brackets the {TIMEOUT_SECS} s timeout: {window:?}"
     );
 }
+
+/// The server's keep-alive timeout in the race test: it closes a connection idle this long.
+const SERVER_IDLE_CLOSE: Duration = Duration::from_millis(1000);
+
+/// Waits, bounded, until the peer's FIN has arrived: a read would return end of file.
+fn wait_for_fin(stream: &TcpStream) {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    loop {
+        match stream.peek(&mut [0u8; 1]) {
+            Ok(0) => return,
+            Ok(_) => panic!("the server sent data instead of closing"),
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => panic!("waiting for the server's FIN: {error}"),
+        }
+        assert!(Instant::now() < deadline, "no FIN from the server");
+    }
+}
+
+#[test]
+#[ignore = "needs root (eBPF programs, network namespaces): `cargo xtask test` runs it as root"]
+fn a_pooled_connection_the_server_closed_is_a_keepalive_race_with_the_servers_close_time() {
+    require_root(
+        "a_pooled_connection_the_server_closed_is_a_keepalive_race_with_the_servers_close_time",
+    );
+    // The middlebox keeps flows for 30 s: only the server closes them here.
+    let (lab, mut daemon) = Lab::start(MiddleboxMode::Reject, 30);
+    let listener = lab.listen();
+    let mut races = Vec::new();
+    for round in 0..2 {
+        let mut client = lab.connect();
+        let mut server = accept(&listener);
+        round_trip_between(&mut client, &mut server);
+        // The server's keep-alive timeout: it closes the idle connection with a FIN.
+        thread::sleep(SERVER_IDLE_CLOSE);
+        drop(server);
+        wait_for_fin(&client);
+        // The pool reuses the connection; the server's stack answers with an RST.
+        client.write_all(b"reused").expect("the request is queued");
+        let end = lab.client_end(&client);
+        let finding = end.wait_finding(&mut daemon, &format!("race {round}"), WAIT);
+        races.push(finding);
+    }
+    for race in &races {
+        assert_verdict(race, "peer_reset", "keepalive_race", "confirmed");
+        let close = race["facts"]
+            .as_array()
+            .and_then(|facts| facts.iter().find(|f| f["fact"] == "peer_closed_first"))
+            .unwrap_or_else(|| panic!("no peer_closed_first fact: {race:#}"));
+        let idle = close["idle_at_fin_ms"].as_u64().expect("idle at the FIN");
+        let slept = millis(SERVER_IDLE_CLOSE);
+        assert!(
+            idle + IDLE_TOLERANCE_MS >= slept && idle <= slept + IDLE_TOLERANCE_MS,
+            "idle at the FIN {idle} ms, the server closed after {slept} ms: {race:#}"
+        );
+    }
+    // The second race knows the server's close time from both: the advice has the number.
+    let second = &races[1];
+    let learned = second["facts"]
+        .as_array()
+        .and_then(|facts| facts.iter().find(|f| f["fact"] == "peer_closed_first"))
+        .and_then(|f| f["learned_close_ms"].as_u64())
+        .expect("a learned close time");
+    assert!(
+        learned.abs_diff(millis(SERVER_IDLE_CLOSE)) <= IDLE_TOLERANCE_MS,
+        "{second:#}"
+    );
+    let advice = second["advice"].as_str().expect("advice");
+    assert!(
+        advice.contains("closes connections idle for about 1.") && advice.contains("evict"),
+        "{advice}"
+    );
+    let evict = &second["actions"][0];
+    assert_eq!(evict["action"], "evict_idle_after", "{second:#}");
+    assert_eq!(evict["ms"], learned / 10 * 9, "{second:#}");
+}
+
+/// Runs `work` in a thread named `name`: its command name is what the daemon shows.
+fn named<T: Send + 'static>(name: &str, work: impl FnOnce() -> T + Send + 'static) -> T {
+    thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(work)
+        .expect("spawn a named thread")
+        .join()
+        .expect("the named thread ran")
+}
+
+#[test]
+#[ignore = "needs root (eBPF programs): `cargo xtask test` runs it as root"]
+fn both_ends_on_this_host_name_each_other() {
+    require_root("both_ends_on_this_host_name_each_other");
+    let mut daemon = Daemon::start(DAEMON_ARGS);
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind on loopback");
+    let server_addr = listener.local_addr().expect("listener address");
+    // Each end is used by its own thread, which the daemon names as its owner.
+    let client = named("kao-client", move || {
+        TcpStream::connect_timeout(&server_addr, IO_TIMEOUT).expect("connect on loopback")
+    });
+    with_timeouts(&client);
+    let client_addr = client.local_addr().expect("client address");
+    let (server, _) = listener.accept().expect("accept");
+    with_timeouts(&server);
+    let mut server = named("kao-server", move || {
+        let mut server = server;
+        server.write_all(b"hello").expect("server sends");
+        server
+    });
+    named("kao-client", move || {
+        let mut client = client;
+        client.read_exact(&mut [0u8; 5]).expect("client reads");
+        set_linger_abort(&client).expect("SO_LINGER {1, 0}");
+    });
+    let error = read_retrying(&mut server, &mut [0u8; 8]).expect_err("the client aborted");
+    assert_eq!(error.kind(), io::ErrorKind::ConnectionReset, "{error}");
+
+    let is = |v: &Value, local: SocketAddr, remote: SocketAddr| {
+        v["type"] == "finding"
+            && v["local"] == local.to_string()
+            && v["remote"] == remote.to_string()
+    };
+    let closer = daemon.wait_for("the client's linger-0 finding", WAIT, |v| {
+        is(v, client_addr, server_addr)
+    });
+    let receiver = daemon.wait_for("the server's finding", WAIT, |v| {
+        is(v, server_addr, client_addr)
+    });
+    let pid = std::process::id();
+    assert_verdict(&closer, "local_close", "linger_zero", "confirmed");
+    assert!(
+        has_evidence(
+            &closer,
+            &format!(
+                "the peer, kao-server (pid {pid}) at {server_addr} on this host, saw the reset"
+            )
+        ),
+        "{closer:#}"
+    );
+    assert_eq!(receiver["verdict"], "peer_reset", "{receiver:#}");
+    assert_eq!(receiver["confidence"], "confirmed", "{receiver:#}");
+    assert!(
+        has_evidence(
+            &receiver,
+            &format!(
+                "the other end is kao-client (pid {pid}) on this host, and it reset the connection (linger_zero)"
+            )
+        ),
+        "{receiver:#}"
+    );
+    assert_eq!(receiver["actions"], closer["actions"], "{receiver:#}");
+    assert_eq!(
+        receiver["actions"][0]["action"], "remove_zero_linger",
+        "{receiver:#}"
+    );
+}

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use super::{
     Correlator,
     conn::Outcome,
-    finding::{Action, Confidence, Fact, Finding, Verdict},
+    finding::{Action, Confidence, Fact, Finding, FindingKind, Verdict},
 };
 use crate::event::Comm;
 
@@ -153,11 +153,15 @@ fn link(finding: &mut Finding, other: &End) {
                 other.kind
             ));
             finding.confidence = Confidence::Confirmed;
-            finding.advice = format!(
-                "the reset came from {who} on this host ({}): {}",
-                other.kind, other.advice
-            );
-            finding.actions.clone_from(&other.actions);
+            // A keep-alive race is the reusing side's to fix; any other reset is the
+            // resetting process's.
+            if finding.kind != FindingKind::KeepaliveRace {
+                finding.advice = format!(
+                    "the reset came from {who} on this host ({}): {}",
+                    other.kind, other.advice
+                );
+                finding.actions.clone_from(&other.actions);
+            }
         }
         (Verdict::LocalClose, Verdict::PeerReset) => finding.evidence.push(format!(
             "the peer, {who} at {} on this host, saw the reset",
