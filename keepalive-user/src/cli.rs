@@ -73,6 +73,10 @@ pub struct RunArgs {
     /// Also write every raw event to this file, for `replay`.
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
+    /// Rotate the recording at this size (bytes, or with K, M or G): FILE becomes FILE.1,
+    /// replacing the one before, so the two take at most twice this.
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
+    pub record_limit: u64,
     /// Attach the TTL program to this cgroup v2 directory instead of the hierarchy's root.
     #[arg(long, value_name = "DIR")]
     pub cgroup: Option<PathBuf>,
@@ -100,6 +104,32 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
     pub stats_interval: Duration,
 }
+
+/// A size in bytes, with an optional binary suffix: `4096`, `64K`, `256M`, `1G`.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let (digits, unit) = match text.char_indices().last() {
+        Some((at, 'K' | 'k')) => (&text[..at], 1 << 10),
+        Some((at, 'M' | 'm')) => (&text[..at], 1 << 20),
+        Some((at, 'G' | 'g')) => (&text[..at], 1 << 30),
+        _ => (text, 1),
+    };
+    let size = digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(|| format!("`{text}` is not a size (bytes, or a number with K, M or G)"))?;
+    if size < MIN_RECORD_LIMIT {
+        return Err(format!(
+            "`{text}` is too small: a recording's header alone takes a few KiB; at least \
+             {}K",
+            MIN_RECORD_LIMIT >> 10
+        ));
+    }
+    Ok(size)
+}
+
+/// The smallest `--record-limit`.
+const MIN_RECORD_LIMIT: u64 = 64 << 10;
 
 fn parse_positive_seconds(text: &str) -> Result<Duration, String> {
     let seconds = parse_seconds(text)?;
@@ -160,6 +190,15 @@ mod tests {
         assert_eq!(cli_hooks(&["--hooks", "kprobe"]), Hooks::Kprobe);
         assert!(Cli::try_parse_from(["keepalive-observer", "--hooks", "uprobe"]).is_err());
         assert!(Cli::try_parse_from(["keepalive-observer", "--state-interval", "0"]).is_err());
+        assert_eq!(cli_run(&[]).record_limit, 256 << 20);
+        assert_eq!(cli_run(&["--record-limit", "64K"]).record_limit, 64 << 10);
+        assert_eq!(cli_run(&["--record-limit", "2g"]).record_limit, 2 << 30);
+        for bad in ["1K", "12Q", "M", "99999999999999G"] {
+            let error = Cli::try_parse_from(["keepalive-observer", "--record-limit", bad])
+                .expect_err(bad)
+                .to_string();
+            assert!(error.contains("--record-limit"), "{bad}: {error}");
+        }
         let cli = Cli::try_parse_from(["keepalive-observer", "windows", "--format", "json"]);
         assert!(matches!(
             cli.unwrap().command,
@@ -168,7 +207,11 @@ mod tests {
     }
 
     fn cli_hooks(args: &[&str]) -> Hooks {
+        cli_run(args).hooks
+    }
+
+    fn cli_run(args: &[&str]) -> RunArgs {
         let argv = std::iter::once("keepalive-observer").chain(args.iter().copied());
-        Cli::try_parse_from(argv).unwrap().run.hooks
+        Cli::try_parse_from(argv).unwrap().run
     }
 }

@@ -11,16 +11,18 @@ use keepalive_observer::{
     },
     metrics::{Metrics, server::MetricsServer},
     notify,
-    record::{RecordHeader, Recorder},
+    record::RecordHeader,
+    recording::Recording,
     sink::{
-        Fanout, HookLine, HookStatus, JournaldSink, JsonSink, Sink, SinkError, StartupReport,
-        TextSink, WallClock,
+        Fanout, HookLine, HookStatus, JournaldSink, JsonSink, QueuedSink, Sink, SinkError,
+        StartupReport, TextSink, WallClock,
     },
 };
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cli::{Format, Hooks, Journald, RunArgs},
+    drops::Drops,
     pipeline::{Pipeline, PipelineError},
     saver::Saver,
 };
@@ -38,21 +40,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             Hooks::Kprobe => HookChoice::Only(HookKind::Kprobe),
         },
     })?;
-    let sinks = open_sinks(args.format, args.journald, args.journald_events, clock)?;
+    let (sinks, mut drops) = open_sinks(args.format, args.journald, args.journald_events, clock)?;
     let sysctls = KeepaliveSysctls::read_host()?;
     let idle_expiry_floor_ms =
         u64::try_from(args.idle_expiry_floor.as_millis()).unwrap_or(u64::MAX);
-    let recorder = match &args.record {
+    let recording = match &args.record {
         Some(path) => {
-            let file = File::create(path)
-                .with_context(|| format!("creating the recording {}", path.display()))?;
             let header = RecordHeader::new(
                 observer.decode.clone(),
                 sysctls,
                 idle_expiry_floor_ms,
                 clock.offset_ns(),
             );
-            Some(Recorder::new(BufWriter::new(file), &header)?)
+            let recording = Recording::start(path, &header, args.record_limit)?;
+            drops.watch("recording", recording.dropped());
+            Some(recording)
         }
         None => None,
     };
@@ -70,7 +72,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         sinks,
         observer.decode.clone(),
         correlator,
-        recorder,
+        recording,
         !args.findings_only,
     )
     .with_metrics(metrics);
@@ -80,7 +82,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(metrics) = pipeline.metrics() {
         metrics.startup(&report);
     }
-    update_metrics(&mut pipeline, &observer);
+    update_metrics(&mut pipeline, &observer, &mut drops);
     pipeline.ready(&report)?;
     if let Err(error) = notify::ready() {
         tracing::warn!("{error}");
@@ -106,7 +108,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
             _ = ticks.tick() => {
                 pipeline.on_tick(monotonic_ns());
-                update_metrics(&mut pipeline, &observer);
+                update_metrics(&mut pipeline, &observer, &mut drops);
             }
             _ = tick(&mut stats) => print_stats = true,
             _ = saves.tick() => saver.save(pipeline.correlator()),
@@ -124,10 +126,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     tracing::warn!("journald did not take {journal_failures} record(s): {error}");
                 }
             }
+            // Nor a full disk: the recording stops, and what it misses is counted.
+            Some(PipelineError::Record(error)) => {
+                tracing::warn!("{error}; recording stopped, the observer goes on");
+            }
             Some(error) => return Err(error.into()),
         }
         if print_stats {
-            take_counters(&mut pipeline, &observer);
+            take_counters(&mut pipeline, &observer, &mut drops);
             pipeline.stats()?;
         }
     }
@@ -137,10 +143,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     observer.drain_waiting(|bytes| pipeline.on_record(bytes));
     pipeline.finish();
     pipeline.flush();
-    take_counters(&mut pipeline, &observer);
+    take_counters(&mut pipeline, &observer, &mut drops);
     drop(observer);
     saver.finish(pipeline.correlator());
-    match pipeline.stats() {
+    match pipeline.last_stats() {
         Ok(()) | Err(PipelineError::Sink(SinkError::StdoutClosed)) => Ok(()),
         Err(error) => Err(error.into()),
     }
@@ -155,23 +161,24 @@ async fn serve_metrics(addr: std::net::SocketAddr, destinations: usize) -> anyho
 }
 
 /// Brings the metrics that mirror totals kept elsewhere up to date (once a second).
-fn update_metrics(pipeline: &mut Pipeline, observer: &Observer) {
+fn update_metrics(pipeline: &mut Pipeline, observer: &Observer, drops: &mut Drops) {
     if pipeline.metrics().is_none() {
         return;
     }
-    take_counters(pipeline, observer);
+    take_counters(pipeline, observer, drops);
     if let Some(metrics) = pipeline.metrics() {
         metrics.totals(&pipeline.loss);
         metrics.ring_fill(observer.ring_fill());
     }
 }
 
-/// Copies what the kernel programs counted into the totals.
-fn take_counters(pipeline: &mut Pipeline, observer: &Observer) {
+/// Copies what the kernel programs counted and what the outputs dropped into the totals.
+fn take_counters(pipeline: &mut Pipeline, observer: &Observer, drops: &mut Drops) {
     let counters = observer.counters();
     pipeline.loss.kernel_lost = counters.lost;
     pipeline.loss.syn_refusals = counters.syn_refusals;
     pipeline.loss.context_failures = counters.context_failures;
+    drops.update(&mut pipeline.loss);
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`, so ticks and events agree.
@@ -195,18 +202,27 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) {
 }
 
 /// stdout in the chosen format, plus journald when asked for or (by default) when running:
-/// findings only there, unless `journald_events`.
+/// findings only there, unless `journald_events`. Each behind a queue of its own, whose drops
+/// are watched.
 pub fn open_sinks(
     format: Format,
     journald: Journald,
     journald_events: bool,
     clock: WallClock,
-) -> anyhow::Result<Box<dyn Sink + Send>> {
+) -> anyhow::Result<(Box<dyn Sink + Send>, Drops)> {
     let out = buffered_stdout().context("opening standard output")?;
     let stdout: Box<dyn Sink + Send> = match format {
         Format::Text => Box::new(TextSink::new(out, clock)),
         Format::Json => Box::new(JsonSink::new(out, clock)),
     };
+    let mut drops = Drops::default();
+    let queued = |name, sink, drops: &mut Drops| -> anyhow::Result<Box<dyn Sink + Send>> {
+        let queued = QueuedSink::spawn(name, sink)
+            .with_context(|| format!("starting the thread that writes to {name}"))?;
+        drops.watch(name, queued.dropped());
+        Ok(Box::new(queued))
+    };
+    let stdout = queued("stdout", stdout, &mut drops)?;
     let journal = match journald {
         Journald::Off => None,
         Journald::Auto => JournaldSink::open(clock).unwrap_or_else(|error| {
@@ -217,13 +233,18 @@ pub fn open_sinks(
             "--journald on, but the journal is not running (no /run/systemd/journal/socket)",
         )?),
     };
-    Ok(match journal {
-        Some(journal) => Box::new(Fanout::new(vec![
-            stdout,
-            Box::new(journal.with_events(journald_events)),
-        ])),
+    let sinks: Box<dyn Sink + Send> = match journal {
+        Some(journal) => {
+            let journal = queued(
+                "journald",
+                Box::new(journal.with_events(journald_events)),
+                &mut drops,
+            )?;
+            Box::new(Fanout::new(vec![stdout, journal]))
+        }
         None => stdout,
-    })
+    };
+    Ok((sinks, drops))
 }
 
 /// Standard output without the line buffering of `std::io::stdout()`, which writes at every

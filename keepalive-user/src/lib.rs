@@ -6,6 +6,8 @@ pub mod event;
 pub mod kernel;
 pub mod metrics;
 pub mod notify;
+pub mod queue;
 pub mod record;
+pub mod recording;
 pub mod sink;
 pub mod state;

@@ -2,6 +2,7 @@
 
 mod cli;
 mod daemon;
+mod drops;
 mod pipeline;
 mod replay;
 mod saver;

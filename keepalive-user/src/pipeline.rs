@@ -1,13 +1,11 @@
 //! One path from kernel records to every output, shared by the live daemon and `replay`:
 //! decode → event sinks → correlator → finding sinks, with the recording written alongside.
 
-use std::{fs::File, io::BufWriter};
-
 use keepalive_observer::{
     correlate::{Correlator, Finding},
     event::{DecodeContext, TcpEvent},
     metrics::Metrics,
-    record::{RecordError, Recorder},
+    recording::{Recording, RecordingError},
     sink::{LossReport, Sink, SinkError, StartupReport},
 };
 
@@ -17,9 +15,10 @@ pub enum PipelineError {
     /// An output failed.
     #[error(transparent)]
     Sink(#[from] SinkError),
-    /// The recording could not be written: stopping beats a recording with holes.
-    #[error("writing the recording: {0}")]
-    Record(#[from] RecordError),
+    /// The recording could not be written; unless only one record was bad, recording
+    /// stopped (the records after it are counted as dropped) and the daemon goes on.
+    #[error(transparent)]
+    Record(#[from] RecordingError),
 }
 
 /// The records' way through the daemon.
@@ -27,7 +26,7 @@ pub struct Pipeline {
     sinks: Box<dyn Sink + Send>,
     decode: DecodeContext,
     correlator: Correlator,
-    recorder: Option<Recorder<BufWriter<File>>>,
+    recording: Option<Recording>,
     print_events: bool,
     metrics: Option<Metrics>,
     /// Totals for the stats lines.
@@ -37,19 +36,19 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// A pipeline decoding with `decode`, judging with `correlator` and writing to `sinks`
-    /// (events too when `print_events`) and to `recorder`.
+    /// (events too when `print_events`) and to `recording`.
     pub fn new(
         sinks: Box<dyn Sink + Send>,
         decode: DecodeContext,
         correlator: Correlator,
-        recorder: Option<Recorder<BufWriter<File>>>,
+        recording: Option<Recording>,
         print_events: bool,
     ) -> Self {
         Self {
             sinks,
             decode,
             correlator,
-            recorder,
+            recording,
             print_events,
             metrics: None,
             loss: LossReport::default(),
@@ -86,15 +85,14 @@ impl Pipeline {
 
     /// One raw ring-buffer record. Errors are kept for [`Pipeline::take_error`]: this runs
     /// inside the ring buffer's drain loop, which cannot stop half-way. Records keep flowing
-    /// after a journal error (stdout still gets them) and stop only when stdout is closed or
-    /// the recording fails.
+    /// after a journal or recording error (stdout still gets them) and stop only when stdout
+    /// is closed.
     pub fn on_record(&mut self, bytes: &[u8]) {
         if self.stopped() {
             return;
         }
-        if let Some(recorder) = &mut self.recorder {
-            let written = recorder.raw(bytes);
-            self.keep_error(written.map_err(PipelineError::from));
+        if let Some(recording) = &self.recording {
+            recording.raw(bytes);
         }
         match self.decode.decode(bytes) {
             Ok(event) => self.on_event(&event),
@@ -131,9 +129,8 @@ impl Pipeline {
         if self.stopped() {
             return;
         }
-        if let Some(recorder) = &mut self.recorder {
-            let written = recorder.tick(mono_ns);
-            self.keep_error(written.map_err(PipelineError::from));
+        if let Some(recording) = &self.recording {
+            recording.tick(mono_ns);
         }
         let findings = self.correlator.on_tick(mono_ns);
         self.emit(&findings);
@@ -162,24 +159,29 @@ impl Pipeline {
         }
     }
 
-    /// Hands over the output buffered since the last batch.
+    /// Hands over the output buffered since the last batch, and collects the outputs' errors.
     pub fn flush(&mut self) {
         let flushed = self.sinks.flush();
         self.keep_error(flushed.map_err(PipelineError::from));
+        if let Some(error) = self.recording.as_ref().and_then(Recording::take_error) {
+            self.keep_error(Err(error.into()));
+        }
     }
 
-    /// Writes the totals and flushes the recording.
+    /// Writes the totals.
     pub fn stats(&mut self) -> Result<(), PipelineError> {
-        if let Some(recorder) = &mut self.recorder {
-            recorder.flush()?;
-        }
         Ok(self.sinks.stats(&self.loss)?)
+    }
+
+    /// Writes the totals at exit.
+    pub fn last_stats(&mut self) -> Result<(), PipelineError> {
+        Ok(self.sinks.last_stats(&self.loss)?)
     }
 
     fn stopped(&self) -> bool {
         matches!(
             self.failed,
-            Some(PipelineError::Sink(SinkError::StdoutClosed) | PipelineError::Record(_))
+            Some(PipelineError::Sink(SinkError::StdoutClosed))
         )
     }
 

@@ -134,6 +134,11 @@ impl<W: Write> Recorder<W> {
         Ok(self.out.flush()?)
     }
 
+    /// The output, borrowed.
+    pub fn get_ref(&self) -> &W {
+        &self.out
+    }
+
     /// The output, e.g. to check what was written.
     pub fn into_inner(self) -> W {
         self.out

@@ -323,6 +323,7 @@ mod tests {
             ..LossReport::default()
         };
         loss.count_event(TcpEventKind::KeepaliveTimer);
+        loss.output_dropped.insert("stdout", 3);
         let records = lines(|sink| {
             sink.ready(&testdata::report()).expect("written");
             sink.stats(&loss).expect("written");
@@ -355,7 +356,8 @@ mod tests {
                 "decode_errors": 0,
                 "events": 1,
                 "findings": 0,
-                "events_by_kind": {"keepalive_timer": 1}
+                "events_by_kind": {"keepalive_timer": 1},
+                "output_dropped": {"stdout": 3}
             })
         );
     }

@@ -21,6 +21,7 @@
 mod clock;
 mod journald;
 mod json;
+mod queued;
 mod text;
 
 use std::{collections::BTreeMap, io};
@@ -30,6 +31,7 @@ use serde::Serialize;
 pub use clock::{WallClock, format_rfc3339};
 pub use journald::{JOURNAL_SOCKET, JournaldSink};
 pub use json::JsonSink;
+pub use queued::{CAPACITY as QUEUE_CAPACITY, QueuedSink};
 pub use text::TextSink;
 
 use crate::{
@@ -84,6 +86,11 @@ pub trait Sink {
     fn finding(&mut self, finding: &Finding) -> Result<(), SinkError>;
     /// Lost-event and output totals so far (periodically, and once at exit).
     fn stats(&mut self, loss: &LossReport) -> Result<(), SinkError>;
+    /// The totals once more, at exit: the one record that may wait a little for a slow
+    /// output.
+    fn last_stats(&mut self, loss: &LossReport) -> Result<(), SinkError> {
+        self.stats(loss)
+    }
     /// Hands over what events and findings left buffered: called once per ring-buffer batch,
     /// so that a storm costs a write per batch, not per line. `ready` and `stats` are written
     /// at once.
@@ -166,6 +173,9 @@ pub struct LossReport {
     pub findings: u64,
     /// Events emitted, by kind (`reset_sent`, …).
     pub events_by_kind: BTreeMap<&'static str, u64>,
+    /// Records an output (`stdout`, `journald`, `recording`) could not take in time and
+    /// that were dropped: its queue was full.
+    pub output_dropped: BTreeMap<&'static str, u64>,
 }
 
 impl LossReport {
@@ -182,7 +192,9 @@ impl LossReport {
 
     /// Whether anything was lost or undecodable.
     pub fn has_losses(&self) -> bool {
-        self.kernel_lost != 0 || self.decode_errors != 0
+        self.kernel_lost != 0
+            || self.decode_errors != 0
+            || self.output_dropped.values().any(|&dropped| dropped != 0)
     }
 }
 
@@ -234,6 +246,10 @@ impl Sink for Fanout {
 
     fn stats(&mut self, loss: &LossReport) -> Result<(), SinkError> {
         self.each(|sink| sink.stats(loss))
+    }
+
+    fn last_stats(&mut self, loss: &LossReport) -> Result<(), SinkError> {
+        self.each(|sink| sink.last_stats(loss))
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {

@@ -255,6 +255,9 @@ pub(super) fn stats_summary(loss: &LossReport) -> String {
     for (kind, count) in &loss.events_by_kind {
         let _ = write!(line, " {kind}={count}");
     }
+    for (output, dropped) in &loss.output_dropped {
+        let _ = write!(line, " dropped_by_{output}={dropped}");
+    }
     line
 }
 
