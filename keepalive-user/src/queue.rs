@@ -4,8 +4,14 @@
 //! for, so no output can stall it.
 //!
 //! Memory is bounded by the capacity: at most that many messages wait at once.
+//!
+//! At exit the output gets a grace period to write what is queued: it may take longer while
+//! it makes progress (a slow reader), up to [`MAX_GRACES`] graces, and none longer once it
+//! stalls for a whole grace (a reader that went away without closing), so a stuck output
+//! cannot hold up SIGTERM.
 
 use std::{
+    cell::Cell,
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicU64, Ordering},
@@ -14,6 +20,9 @@ use std::{
     thread,
     time::{Duration, Instant},
 };
+
+/// How many graces an output that goes on making progress gets at exit, at most.
+pub const MAX_GRACES: u32 = 10;
 
 /// What the queue's thread writes to.
 pub trait Output: Send + 'static {
@@ -50,6 +59,8 @@ impl DropCounter {
 struct Shared<E> {
     /// Messages queued and not yet written.
     waiting: AtomicU64,
+    /// Messages written (or failed) so far: progress.
+    written: AtomicU64,
     /// The first error the thread met since the producer last looked.
     error: Mutex<Option<E>>,
 }
@@ -63,6 +74,9 @@ pub struct Queue<O: Output> {
     dropped: DropCounter,
     done: Receiver<()>,
     grace: Duration,
+    /// Messages written when [`Queue::push_waiting`] last gave up on a stalled output: at
+    /// close, no second grace is spent on it unless it moved since.
+    stalled_at: Cell<Option<u64>>,
 }
 
 impl<O: Output> Queue<O> {
@@ -78,6 +92,7 @@ impl<O: Output> Queue<O> {
         let (done_sender, done) = mpsc::sync_channel(1);
         let shared = Arc::new(Shared {
             waiting: AtomicU64::new(0),
+            written: AtomicU64::new(0),
             error: Mutex::new(None),
         });
         let writer_shared = Arc::clone(&shared);
@@ -97,6 +112,7 @@ impl<O: Output> Queue<O> {
             dropped: DropCounter::default(),
             done,
             grace,
+            stalled_at: Cell::new(None),
         })
     }
 
@@ -117,20 +133,20 @@ impl<O: Output> Queue<O> {
         }
     }
 
-    /// Queues `message`, waiting up to `timeout` for room: for the last message at exit,
-    /// never for the ring-buffer reader.
-    pub fn push_waiting(&self, message: O::Message, timeout: Duration) {
+    /// Queues `message`, waiting for room while the output makes progress (see the module's
+    /// notes on the grace): for the last message at exit, never for the ring-buffer reader.
+    pub fn push_waiting(&self, message: O::Message) {
         let Some(sender) = &self.sender else {
             self.dropped.add();
             return;
         };
-        let deadline = Instant::now() + timeout;
+        let mut progress = Progress::new(&self.shared, self.grace);
         self.shared.waiting.fetch_add(1, Ordering::Relaxed);
         let mut message = message;
         loop {
             match sender.try_send(message) {
                 Ok(()) => return,
-                Err(TrySendError::Full(back)) if Instant::now() < deadline => {
+                Err(TrySendError::Full(back)) if progress.goes_on() => {
                     message = back;
                     // The writer is busy: a std channel offers no timed send, so look again
                     // shortly, within the deadline.
@@ -139,6 +155,8 @@ impl<O: Output> Queue<O> {
                 Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                     self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
                     self.dropped.add();
+                    self.stalled_at
+                        .set(Some(self.shared.written.load(Ordering::Relaxed)));
                     return;
                 }
             }
@@ -163,14 +181,57 @@ impl<O: Output> Queue<O> {
 impl<O: Output> Drop for Queue<O> {
     fn drop(&mut self) {
         self.sender = None;
-        if let Err(RecvTimeoutError::Timeout) = self.done.recv_timeout(self.grace) {
-            tracing::warn!(
-                "{} did not take its last {} queued record(s) within {:?} of exit: dropped",
-                self.name,
-                self.shared.waiting.load(Ordering::Relaxed),
-                self.grace
-            );
+        let mut progress = Progress::new(&self.shared, self.grace);
+        let stalled = self.stalled_at.get() == Some(progress.last_written);
+        loop {
+            match self.done.recv_timeout(self.grace / 10) {
+                Err(RecvTimeoutError::Timeout) if !stalled && progress.goes_on() => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    tracing::warn!(
+                        "{} did not take its last {} queued record(s) at exit (no progress \
+                         for {:?}, or {MAX_GRACES} times that in all): dropped",
+                        self.name,
+                        self.shared.waiting.load(Ordering::Relaxed),
+                        self.grace
+                    );
+                    return;
+                }
+                Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+            }
         }
+    }
+}
+
+/// Whether an output is still getting somewhere: it wrote something within the last grace,
+/// and [`MAX_GRACES`] graces have not passed.
+struct Progress<'a, E> {
+    shared: &'a Shared<E>,
+    grace: Duration,
+    until: Instant,
+    last_written: u64,
+    last_change: Instant,
+}
+
+impl<'a, E> Progress<'a, E> {
+    fn new(shared: &'a Shared<E>, grace: Duration) -> Self {
+        let now = Instant::now();
+        Self {
+            shared,
+            grace,
+            until: now + grace * MAX_GRACES,
+            last_written: shared.written.load(Ordering::Relaxed),
+            last_change: now,
+        }
+    }
+
+    fn goes_on(&mut self) -> bool {
+        let now = Instant::now();
+        let written = self.shared.written.load(Ordering::Relaxed);
+        if written != self.last_written {
+            self.last_written = written;
+            self.last_change = now;
+        }
+        now < self.until && now < self.last_change + self.grace
     }
 }
 
@@ -193,6 +254,7 @@ fn write_all<O: Output>(mut output: O, receiver: &Receiver<O::Message>, shared: 
         while let Some(message) = next {
             let written = output.write(message);
             shared.waiting.fetch_sub(1, Ordering::Relaxed);
+            shared.written.fetch_add(1, Ordering::Relaxed);
             if !keep(written) {
                 return;
             }
@@ -300,5 +362,38 @@ mod tests {
         drop(queue);
         assert!(started.elapsed() < Duration::from_secs(5));
         drop(gate_sender);
+    }
+
+    #[test]
+    fn a_slow_output_that_makes_progress_gets_to_finish() {
+        let (gate_sender, gate) = mpsc::sync_channel(64);
+        let (written, output) = mpsc::channel();
+        let queue = Queue::spawn(
+            "slow",
+            Gated { gate, written },
+            16,
+            Duration::from_millis(200),
+        )
+        .unwrap();
+        for message in 0..10 {
+            queue.push(message);
+        }
+        // One message every 20 ms: 200 ms in all, one grace, but never a grace without one.
+        let opener = thread::spawn(move || {
+            for _ in 0..10 {
+                thread::sleep(Duration::from_millis(20));
+                if gate_sender.send(()).is_err() {
+                    return;
+                }
+            }
+        });
+        queue.push_waiting(10);
+        drop(queue);
+        opener.join().unwrap();
+        assert_eq!(
+            output.try_iter().count(),
+            10,
+            "all but the one never let through"
+        );
     }
 }

@@ -20,7 +20,8 @@ use crate::{
 /// Lines waiting to be written, at most: a raw record's copy is a few hundred bytes, so a
 /// full queue holds a few MiB.
 const CAPACITY: usize = 16_384;
-/// How long the recording gets at exit to write what is still queued.
+/// How long the recording may make no progress at exit before what it still has queued is
+/// given up (see [`crate::queue`]).
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 
 /// Why a recording could not be started, rotated or written.

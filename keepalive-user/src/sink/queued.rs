@@ -14,7 +14,8 @@ use crate::{
 /// Records waiting per output, at most. A record is boxed (a few hundred bytes), so a full
 /// queue holds a few MiB.
 pub const CAPACITY: usize = 8192;
-/// How long an output gets at exit to write what is still queued.
+/// How long an output may make no progress at exit before what it still has queued is given
+/// up (see [`crate::queue`]).
 pub const EXIT_GRACE: Duration = Duration::from_secs(1);
 
 /// One record for the sink's thread.
@@ -96,10 +97,10 @@ impl Sink for QueuedSink {
         self.push(Record::Stats(Box::new(loss.clone())))
     }
 
-    /// Waits up to [`EXIT_GRACE`] for room: the totals at exit are worth a moment.
+    /// Waits for room while the output makes progress: the totals at exit are worth it.
     fn last_stats(&mut self, loss: &LossReport) -> Result<(), SinkError> {
         self.queue
-            .push_waiting(Record::Stats(Box::new(loss.clone())), EXIT_GRACE);
+            .push_waiting(Record::Stats(Box::new(loss.clone())));
         self.queue.take_error().map_or(Ok(()), Err)
     }
 
