@@ -31,7 +31,7 @@ use serde::Serialize;
 pub use clock::{WallClock, format_rfc3339};
 pub use journald::{JOURNAL_SOCKET, JournaldSink};
 pub use json::JsonSink;
-pub use queued::{CAPACITY as QUEUE_CAPACITY, QueuedSink};
+pub use queued::QueuedSink;
 pub use text::TextSink;
 
 use crate::{

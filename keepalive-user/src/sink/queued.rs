@@ -11,9 +11,10 @@ use crate::{
     queue::{DropCounter, Output, Queue},
 };
 
-/// Records waiting per output, at most. A record is boxed (a few hundred bytes), so a full
-/// queue holds a few MiB.
-pub const CAPACITY: usize = 8192;
+/// Records waiting per output, at most: about as many as the ring buffer holds, so that a
+/// burst a slow reader used to leave in the ring buffer now waits here. An event is boxed
+/// (424 bytes, and its reason's name), so a full queue holds about 8 MiB.
+pub const CAPACITY: usize = 16_384;
 /// How long an output may make no progress at exit before what it still has queued is given
 /// up (see [`crate::queue`]).
 pub const EXIT_GRACE: Duration = Duration::from_secs(1);
