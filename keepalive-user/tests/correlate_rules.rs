@@ -1360,6 +1360,19 @@ fn an_old_accepted_connection_never_enters_the_destination_table() {
     assert_eq!(run.findings.len(), 1);
     assert_eq!(run.c.stats().remotes, 0);
     assert_eq!(run.c.timeout_window(NETNS_COOKIE, addr(client)), None);
+    // Nor one whose origin is unknown (the kernel side kept no context for it).
+    run.feed(
+        ev(KeepaliveTimer, 2, 30_000)
+            .local(REMOTE)
+            .remote("198.51.100.10:40002")
+            .idle(100),
+    )
+    .feed(
+        ev(ReplyAfterIdle, 2, 30_001)
+            .local(REMOTE)
+            .remote("198.51.100.10:40002"),
+    );
+    assert_eq!(run.c.stats().remotes, 0);
 }
 
 #[test]

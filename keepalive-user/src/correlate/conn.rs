@@ -25,8 +25,11 @@ pub(super) struct Conn {
     pub born_ns: Option<u64>,
     /// Last state seen.
     pub state: TcpState,
-    /// Accepted from a listener: the remote is a client's ephemeral port.
-    pub passive: bool,
+    /// Connected from this host, as the socket tells (the kernel side reads it from the socket
+    /// for connections older than the observer too): only then is the remote a service whose
+    /// path is worth learning. An accepted connection's remote is a client's ephemeral port,
+    /// and one of unknown origin (no context) might be.
+    pub client: bool,
     /// TTL / hop limit of the peer's SYN or SYN-ACK.
     pub peer_ttl: Option<u8>,
     /// Keepalive settings and progress at the last record that carried them.
@@ -65,7 +68,7 @@ impl Conn {
             established_ns: context.and_then(|c| c.established_ns),
             born_ns: context.and_then(|c| c.born_ns),
             state: ev.new_state,
-            passive: context.and_then(|c| c.origin) == Some(Origin::Accepted),
+            client: context.and_then(|c| c.origin) == Some(Origin::Connected),
             peer_ttl: context.and_then(|c| c.peer_ttl),
             keepalive: None,
             pending_idle: context.and_then(|c| c.idle_send),

@@ -44,7 +44,7 @@ impl Correlator {
         let remote = self
             .remotes
             .get(&(conn.netns_cookie, conn.remote))
-            .filter(|_| !conn.passive);
+            .filter(|_| conn.client);
         let threshold = match remote.and_then(|r| r.learner.lo_ms()) {
             Some(lo_ms) => Threshold::Learned { lo_ms },
             None => Threshold::Floor {

@@ -213,7 +213,9 @@ impl Correlator {
         };
         // Remotes are services (ip:port): an accepted connection's remote is a client's
         // ephemeral port, which would only churn the table and evict the services' windows.
-        if conn.passive {
+        // The origin comes from the socket itself, also for connections older than the
+        // observer.
+        if !conn.client {
             return;
         }
         let key = (conn.netns_cookie, conn.remote);
@@ -235,7 +237,7 @@ impl Correlator {
 
     fn on_reply_after_idle(&mut self, ev: &TcpEvent) {
         let context = ev.context.as_ref();
-        if context.and_then(|c| c.origin) == Some(crate::event::Origin::Accepted) {
+        if context.and_then(|c| c.origin) != Some(crate::event::Origin::Connected) {
             return;
         }
         let key = (ev.netns_cookie, ev.remote);
@@ -362,7 +364,7 @@ impl Correlator {
         let mut window = None;
         // Replies to segments (no socket, listeners) belong to no connection to learn about,
         // and accepted connections' remotes are no services.
-        if facts.is_some() && !conn.passive {
+        if facts.is_some() && conn.client {
             let key = (conn.netns_cookie, conn.remote);
             if let Some(gap) = learn_gap_ms {
                 self.remotes
