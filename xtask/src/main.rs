@@ -4,6 +4,7 @@
 mod bench;
 mod build;
 mod cmd;
+mod install;
 mod lab;
 mod lint;
 mod run;
@@ -41,6 +42,14 @@ enum Command {
         /// Arguments for keepalive-observer, after `--`.
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Set up, build the release daemon and install it with its systemd unit (root for the
+    /// default prefix).
+    Install {
+        /// Installs PREFIX/bin/keepalive-observer and
+        /// PREFIX/lib/systemd/system/keepalive-observer.service.
+        #[arg(long, default_value = "/usr/local")]
+        prefix: std::path::PathBuf,
     },
     /// Check formatting and run clippy on the host crates and the eBPF crate.
     Lint,
@@ -91,6 +100,7 @@ fn task(command: Command) -> anyhow::Result<ExitCode> {
         Command::Run { debug, args } => {
             return run::run(build::Profile::from_release(!debug), &args);
         }
+        Command::Install { prefix } => install::run(&prefix)?,
         Command::Lint => {
             setup::run(setup::Report::Quiet)?;
             lint::run()?;
