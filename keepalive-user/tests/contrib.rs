@@ -18,7 +18,7 @@ use keepalive_lab::ChildGuard;
 use keepalive_observer::{
     correlate::Window,
     metrics::Metrics,
-    sink::{HookLine, HookStatus, StartupReport},
+    sink::{HookLine, HookStatus, LossReport, StartupReport},
 };
 
 fn contrib() -> PathBuf {
@@ -80,6 +80,10 @@ fn the_alerts_name_only_metrics_the_daemon_serves() {
         missing_signals: vec!["reply after idle".to_owned()],
         context: "socket storage".to_owned(),
         learned_state: "nothing learned yet".to_owned(),
+    });
+    metrics.totals(&LossReport {
+        output_dropped: [("stdout", 0)].into(),
+        ..LossReport::default()
     });
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &metrics.registry()).expect("encode");

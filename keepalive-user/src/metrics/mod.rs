@@ -69,6 +69,11 @@ struct EventLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutputLabels {
+    output: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SignalLabels {
     signal: String,
 }
@@ -92,6 +97,7 @@ pub struct Metrics {
     undecodable: Counter,
     syn_refusals: Counter,
     context_failures: Counter,
+    output_dropped: Family<OutputLabels, Counter>,
     ring_used: Gauge,
     ring_peak: Gauge,
     ring_size: Gauge,
@@ -168,6 +174,13 @@ impl Metrics {
             "context_failures",
             "Connections the kernel programs could not keep a context for",
         );
+        let output_dropped = Family::<OutputLabels, Counter>::default();
+        registry.register(
+            "output_dropped",
+            "Records an output (stdout, journald, recording) could not take in time: its queue \
+             was full",
+            output_dropped.clone(),
+        );
         let ring_used = bytes_gauge(
             &mut registry,
             "ring_buffer_used",
@@ -211,6 +224,7 @@ impl Metrics {
             undecodable,
             syn_refusals,
             context_failures,
+            output_dropped,
             ring_used,
             ring_peak,
             ring_size,
@@ -284,12 +298,21 @@ impl Metrics {
         self.window(finding.remote, window);
     }
 
-    /// The totals so far: what the kernel programs counted, and what failed to decode.
+    /// The totals so far: what the kernel programs counted, what failed to decode, and what
+    /// the outputs dropped.
     pub fn totals(&self, loss: &LossReport) {
         raise(&self.events_lost, loss.kernel_lost);
         raise(&self.undecodable, loss.decode_errors);
         raise(&self.syn_refusals, loss.syn_refusals);
         raise(&self.context_failures, loss.context_failures);
+        for (&output, &dropped) in &loss.output_dropped {
+            raise(
+                &self
+                    .output_dropped
+                    .get_or_create_owned(&OutputLabels { output }),
+                dropped,
+            );
+        }
     }
 
     /// How full the ring buffer is.
