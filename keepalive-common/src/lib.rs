@@ -447,6 +447,36 @@ pub struct ProbeConfig {
     pub context_in_map: u32,
 }
 
+/// Name of the `iter/tcp` program that writes one [`SocketAudit`] per full TCP socket of the
+/// network namespace its iterator is created in.
+pub const SOCKET_AUDIT_PROGRAM: &str = "socket_audit";
+
+/// Bits of [`SocketAudit::flags`].
+pub mod audit_flags {
+    /// `SO_KEEPALIVE` is on (`SOCK_KEEPOPEN`).
+    pub const KEEPALIVE_ON: u8 = 1 << 0;
+}
+
+/// What the socket iterator reads of one TCP socket that inet_diag does not carry: its own
+/// keepalive settings. Matched to inet_diag's record by the socket cookie, which inet_diag
+/// assigns to every socket it reports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketAudit {
+    /// The socket cookie as stored in the socket (0 when none was ever assigned).
+    pub cookie: u64,
+    /// `tcp_sock.keepalive_time` in jiffies (0: the namespace's `tcp_keepalive_time`).
+    pub keepalive_time: u32,
+    /// `tcp_sock.keepalive_intvl` in jiffies (0: the namespace's `tcp_keepalive_intvl`).
+    pub keepalive_intvl: u32,
+    /// `tcp_sock.keepalive_probes` (0: the namespace's `tcp_keepalive_probes`).
+    pub keepalive_probes: u8,
+    /// [`audit_flags`] bits.
+    pub flags: u8,
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 6],
+}
+
 /// TCP states as the kernel numbers them (`include/net/tcp_states.h`, stable ABI).
 pub mod tcp_state {
     /// TCP_ESTABLISHED.
@@ -486,6 +516,8 @@ mod pod {
     unsafe impl aya::Pod for super::HandshakeKey {}
     // SAFETY: as above, `u32`/`u64` fields only, no implicit padding.
     unsafe impl aya::Pod for super::KernelOffsets {}
+    // SAFETY: as above, with explicit padding.
+    unsafe impl aya::Pod for super::SocketAudit {}
     // SAFETY: as above; `KernelOffsets` ends on an 8-byte boundary, so the `u64` after it
     // needs no padding.
     unsafe impl aya::Pod for super::ProbeConfig {}
@@ -503,6 +535,7 @@ mod tests {
         assert_eq!(size_of::<Event>(), 136 + size_of::<ConnContext>());
         assert_eq!(align_of::<Event>(), 8);
         assert_eq!(core::mem::offset_of!(Event, context), 136);
+        assert_eq!(size_of::<SocketAudit>(), 8 + 4 + 4 + 1 + 1 + 6);
         assert_eq!(size_of::<HandshakeKey>(), 8 + 32 + 8);
         // An even number of u32 offsets keeps the u64 after them aligned without padding.
         assert_eq!(size_of::<KernelOffsets>(), 36 * 4);

@@ -23,6 +23,7 @@ mod resets;
 mod resets_fentry;
 mod resets_kprobe;
 mod segment_ttl;
+mod socket_audit;
 mod socket_state;
 
 #[cfg(not(test))]

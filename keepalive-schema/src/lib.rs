@@ -11,3 +11,4 @@ pub mod fact;
 pub mod finding;
 pub mod seconds;
 pub mod state;
+pub mod socket;

@@ -3,7 +3,8 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum, builder::TypedValueParser as _};
-use keepalive_schema::seconds::parse_seconds;
+use keepalive_observer::sockets::{RemoteFilter, windows::GivenWindow};
+use keepalive_schema::{seconds::parse_seconds, socket::Risk};
 
 /// Attributes every TCP reset on this host to a local close, a peer RST or a silent middlebox
 /// drop, with the idle time, keepalive settings and what to change.
@@ -41,6 +42,63 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// List the host's TCP connections (every network namespace) with the risk that each is
+    /// reset on its next use: idle times, keepalive settings and timer, owning process and the
+    /// destination's window.
+    Sockets(SocketsArgs),
+}
+
+/// Options of `sockets`.
+#[derive(Debug, Args)]
+pub struct SocketsArgs {
+    /// Only this network namespace: a name under /run/netns, a path such as
+    /// /proc/PID/ns/net, or an inode number.
+    #[arg(long, value_name = "NETNS")]
+    pub netns: Option<String>,
+    /// The idle timeout of the path to DEST (`ip:port` or `ip`), in seconds, where nothing
+    /// is learned yet; repeatable.
+    #[arg(long = "window", value_name = "DEST=SECONDS")]
+    pub windows: Vec<GivenWindow>,
+    /// Only connections to this remote (`ip` or `ip:port`).
+    #[arg(long, value_name = "ADDR")]
+    pub remote: Option<RemoteFilter>,
+    /// Only connections with this local or remote port.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Only connections of this process (command name or pid).
+    #[arg(long, value_name = "NAME|PID")]
+    pub process: Option<String>,
+    /// Only connections at this risk; repeatable.
+    #[arg(long, value_enum)]
+    pub risk: Vec<RiskArg>,
+    /// Output format: a table, or JSON lines.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+/// `--risk` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum RiskArg {
+    /// See `Risk::WillReset`.
+    WillReset,
+    /// See `Risk::AtRisk`.
+    AtRisk,
+    /// See `Risk::OrphanSuspect`.
+    OrphanSuspect,
+    /// See `Risk::Ok`.
+    Ok,
+}
+
+impl From<RiskArg> for Risk {
+    fn from(risk: RiskArg) -> Self {
+        match risk {
+            RiskArg::WillReset => Self::WillReset,
+            RiskArg::AtRisk => Self::AtRisk,
+            RiskArg::OrphanSuspect => Self::OrphanSuspect,
+            RiskArg::Ok => Self::Ok,
+        }
+    }
 }
 
 /// Where the daemon keeps what it learned, by default (the unit's `StateDirectory=`).
@@ -187,6 +245,24 @@ mod tests {
         assert!(matches!(cli.command, Some(Command::Replay { .. })));
         assert!(Cli::try_parse_from(["keepalive-observer", "--format", "xml"]).is_err());
         assert_eq!(cli_hooks(&[]), Hooks::Auto);
+        let cli = Cli::try_parse_from([
+            "keepalive-observer",
+            "sockets",
+            "--window",
+            "198.51.100.100:80=5",
+            "--risk",
+            "will_reset",
+        ])
+        .unwrap();
+        let Some(Command::Sockets(args)) = cli.command else {
+            panic!("not sockets")
+        };
+        assert_eq!(args.windows.len(), 1);
+        assert_eq!(args.risk, [RiskArg::WillReset]);
+        let error = Cli::try_parse_from(["keepalive-observer", "sockets", "--window", "x=5"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("`x` in `x=5` is neither"), "{error}");
         assert_eq!(cli_hooks(&["--hooks", "kprobe"]), Hooks::Kprobe);
         assert!(Cli::try_parse_from(["keepalive-observer", "--hooks", "uprobe"]).is_err());
         assert!(Cli::try_parse_from(["keepalive-observer", "--state-interval", "0"]).is_err());

@@ -10,4 +10,5 @@ pub mod queue;
 pub mod record;
 pub mod recording;
 pub mod sink;
+pub mod sockets;
 pub mod state;

@@ -12,7 +12,9 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
-use crate::cli::{Cli, Command};
+use keepalive_observer::sockets::{AuditOptions, Filter, Output};
+
+use crate::cli::{Cli, Command, Format, SocketsArgs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
             events,
         }) => replay::run(&file, format, events),
         Some(Command::Windows { state_dir, format }) => windows::run(&state_dir, format),
+        Some(Command::Sockets(args)) => sockets(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -49,4 +52,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn sockets(args: SocketsArgs) -> anyhow::Result<()> {
+    let options = AuditOptions {
+        netns: args.netns,
+        windows: args.windows,
+        filter: Filter {
+            remote: args.remote,
+            port: args.port,
+            process: args.process,
+            risks: args.risk.into_iter().map(Into::into).collect(),
+        },
+        output: match args.format {
+            Format::Text => Output::Table,
+            Format::Json => Output::Json,
+        },
+    };
+    keepalive_observer::sockets::run(&options, &mut std::io::stdout().lock())?;
+    Ok(())
 }

@@ -30,7 +30,8 @@ use super::{
 use crate::event::DecodeContext;
 
 /// The compiled eBPF object, built by build.rs with aya-build.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/keepalive"));
+pub(crate) static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/keepalive"));
 
 /// Errors bringing the observer up.
 #[derive(Debug, thiserror::Error)]
@@ -475,7 +476,7 @@ fn duration_to_jiffies(duration: Duration, hz: u32) -> u32 {
 
 /// Root, or the capabilities loading and attaching need (CAP_BPF 39, CAP_PERFMON 38,
 /// CAP_NET_ADMIN 12) in the effective set.
-fn privileged() -> bool {
+pub(crate) fn privileged() -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         return true;

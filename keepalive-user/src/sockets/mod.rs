@@ -1,0 +1,292 @@
+//! `keepalive-observer sockets`: the host's TCP connections with the risk that each is reset
+//! on its next use, from inet_diag (`diag`), the socket iterator (`iter`), the namespace's
+//! sysctls, the owning processes (`owners`) and the destinations' windows (`windows`), judged
+//! by the rules in `risk` and written by `report`.
+
+pub mod diag;
+pub mod iter;
+pub mod model;
+pub mod netns;
+pub mod owners;
+pub mod report;
+pub mod risk;
+pub mod windows;
+
+use std::{
+    collections::{HashMap, HashSet},
+    io::{self, Write},
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use keepalive_common::SocketAudit;
+use keepalive_schema::socket::Risk;
+
+use self::{
+    diag::{DiagError, Dump},
+    iter::{IterError, SocketIterator},
+    model::{Connection, DiagSocket, KeepaliveSysctls},
+    netns::{Namespace, NetnsError},
+    report::Judged,
+    windows::{GivenWindow, Windows},
+};
+
+/// TCP_LISTEN.
+const LISTEN: u8 = 10;
+
+/// Errors of the audit.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// A namespace could not be found or entered.
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    /// The socket iterator could not be loaded or read.
+    #[error(transparent)]
+    Iter(#[from] IterError),
+    /// inet_diag could not be read.
+    #[error(transparent)]
+    Diag(#[from] DiagError),
+    /// A keepalive sysctl of a namespace could not be read.
+    #[error("reading {path}: {why}")]
+    Sysctl {
+        /// The sysctl's file.
+        path: String,
+        /// What went wrong.
+        why: String,
+    },
+    /// Writing the output failed.
+    #[error("writing the output: {0}")]
+    Output(#[from] io::Error),
+}
+
+/// Which connections to list.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// Only those to this remote (an address, or address and port).
+    pub remote: Option<RemoteFilter>,
+    /// Only those with this local or remote port.
+    pub port: Option<u16>,
+    /// Only those of a process with this command name or pid.
+    pub process: Option<String>,
+    /// Only those at these risks (all when empty).
+    pub risks: Vec<Risk>,
+}
+
+/// `--remote`: an address, or an address and port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RemoteFilter {
+    /// Any port of this address.
+    Host(IpAddr),
+    /// This address and port.
+    Service(SocketAddr),
+}
+
+impl std::str::FromStr for RemoteFilter {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        text.parse()
+            .map(Self::Service)
+            .or_else(|_| text.parse().map(Self::Host))
+            .map_err(|_| format!("`{text}` is neither an address nor address:port"))
+    }
+}
+
+impl Filter {
+    fn keeps(&self, (c, v): &Judged) -> bool {
+        let remote = match self.remote {
+            None => true,
+            Some(RemoteFilter::Host(ip)) => c.diag.remote.ip() == ip,
+            Some(RemoteFilter::Service(service)) => c.diag.remote == service,
+        };
+        let port = self
+            .port
+            .is_none_or(|p| c.diag.local.port() == p || c.diag.remote.port() == p);
+        let process = self.process.as_deref().is_none_or(|p| {
+            c.owner
+                .as_ref()
+                .is_some_and(|o| o.comm == p || o.pid.to_string() == p)
+        });
+        let risk = self.risks.is_empty() || self.risks.contains(&v.risk);
+        remote && port && process && risk
+    }
+}
+
+/// Output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// The table.
+    Table,
+    /// JSON lines.
+    Json,
+}
+
+/// What to audit and how to print it.
+#[derive(Clone, Debug)]
+pub struct AuditOptions {
+    /// Only this namespace (`--netns`); every one in use when `None`.
+    pub netns: Option<String>,
+    /// Windows given on the command line.
+    pub windows: Vec<GivenWindow>,
+    /// Which connections to list.
+    pub filter: Filter,
+    /// The output format.
+    pub output: Output,
+}
+
+/// What was read in one namespace.
+struct NamespaceReading {
+    namespace: Namespace,
+    dump: Dump,
+    audits: HashMap<u64, SocketAudit>,
+    sysctls: KeepaliveSysctls,
+}
+
+/// Runs the audit and writes its output.
+pub fn run(options: &AuditOptions, out: &mut impl Write) -> Result<(), AuditError> {
+    let (namespaces, only_one) = match &options.netns {
+        Some(given) => (vec![netns::named(given)?], true),
+        None => (netns::all(), false),
+    };
+    let mut iterator = SocketIterator::load()?;
+    let mut readings = Vec::new();
+    let mut incomplete = Vec::new();
+    let mut vanished = 0;
+    for namespace in namespaces {
+        let link = iterator.link()?;
+        let reading = netns::run_in(&namespace, || -> Result<_, AuditError> {
+            // inet_diag first: it gives every socket it reports a cookie, which the iterator
+            // then reads from the socket to match the two.
+            let dump = diag::dump()?;
+            let audits = iter::read(link)?;
+            Ok((dump, audits, sysctls()?))
+        });
+        match reading {
+            Ok(Ok((dump, audits, sysctls))) => readings.push(NamespaceReading {
+                namespace,
+                dump,
+                audits,
+                sysctls,
+            }),
+            Ok(Err(error)) => return Err(error),
+            // A namespace may vanish with its last process between listing and entering,
+            // and its connections with it.
+            Err(NetnsError::Vanished { .. }) if !only_one => vanished += 1,
+            Err(error) => return Err(error.into()),
+        }
+    }
+    if vanished > 0 {
+        incomplete.push(format!(
+            "{vanished} network namespace{} vanished (its processes exited) before it could be read",
+            if vanished == 1 { "" } else { "s" }
+        ));
+    }
+    let owners = owners::socket_owners();
+    let windows = Windows::new(Vec::new(), &options.windows);
+    let hz = iterator.hz();
+    let mut judged = Vec::new();
+    for reading in &readings {
+        if reading.dump.interrupted {
+            incomplete.push(format!(
+                "the socket list of network namespace {} changed while it was read: a \
+                 connection may be missing",
+                reading.namespace.inode
+            ));
+        }
+        judged.extend(
+            connections(reading, &owners, &windows, hz)
+                .into_iter()
+                .map(|c| {
+                    let verdict = risk::judge(&c);
+                    (c, verdict)
+                })
+                .filter(|j| options.filter.keeps(j)),
+        );
+    }
+    judged.sort_by(|(a, va), (b, vb)| {
+        (va.risk, a.diag.remote, std::cmp::Reverse(a.idle())).cmp(&(
+            vb.risk,
+            b.diag.remote,
+            std::cmp::Reverse(b.idle()),
+        ))
+    });
+    let summaries = report::summaries(&judged);
+    let audit = report::audit_line(readings.len(), &judged, incomplete);
+    match options.output {
+        Output::Table => report::table(out, &judged, &summaries, &audit)?,
+        Output::Json => report::json(out, &judged, &summaries, audit)?,
+    }
+    Ok(())
+}
+
+/// The connections of one namespace (listeners left out), with everything joined.
+fn connections(
+    reading: &NamespaceReading,
+    owners: &HashMap<u32, model::Owner>,
+    windows: &Windows,
+    hz: u32,
+) -> Vec<Connection> {
+    let listeners: HashSet<SocketAddr> = reading
+        .dump
+        .sockets
+        .iter()
+        .filter(|s| s.state == LISTEN)
+        .map(|s| s.local)
+        .collect();
+    let accepted = |s: &DiagSocket| {
+        let port = s.local.port();
+        let wildcard = match s.local {
+            SocketAddr::V4(_) => IpAddr::from([0u8; 4]),
+            SocketAddr::V6(_) => IpAddr::from([0u16; 8]),
+        };
+        listeners.contains(&s.local)
+            || listeners.contains(&SocketAddr::new(wildcard, port))
+            // A dual-stack listener on [::] takes IPv4 connections too.
+            || listeners.contains(&SocketAddr::new(IpAddr::from([0u16; 8]), port))
+    };
+    reading
+        .dump
+        .sockets
+        .iter()
+        .filter(|s| s.state != LISTEN)
+        .map(|s| {
+            let accepted = accepted(s);
+            Connection {
+                netns: reading.namespace.inode,
+                diag: s.clone(),
+                accepted,
+                owner: owners.get(&s.inode).cloned(),
+                keepalive: reading
+                    .audits
+                    .get(&s.cookie)
+                    .map(|a| iter::effective(a, &reading.sysctls, hz)),
+                window: if accepted {
+                    windows.towards_peer(s.remote.ip())
+                } else {
+                    windows.for_remote(s.remote)
+                },
+            }
+        })
+        .collect()
+}
+
+/// The calling thread's namespace's keepalive sysctls (`/proc/sys/net` shows the namespace
+/// of the thread that opens it).
+fn sysctls() -> Result<KeepaliveSysctls, AuditError> {
+    let read = |name: &str| -> Result<u64, AuditError> {
+        let path = format!("/proc/sys/net/ipv4/{name}");
+        let text = std::fs::read_to_string(&path).map_err(|e| AuditError::Sysctl {
+            path: path.clone(),
+            why: e.to_string(),
+        })?;
+        text.trim().parse().map_err(|_| AuditError::Sysctl {
+            path,
+            why: format!("`{}` is not a number", text.trim()),
+        })
+    };
+    Ok(KeepaliveSysctls {
+        idle: Duration::from_secs(read("tcp_keepalive_time")?),
+        interval: Duration::from_secs(read("tcp_keepalive_intvl")?),
+        count: u8::try_from(read("tcp_keepalive_probes")?).unwrap_or(u8::MAX),
+    })
+}
