@@ -6,6 +6,7 @@
 //! growing pauses; keepalive-observer runs in the root namespace. The lab prints every request's
 //! outcome with the findings beside it, a summary, applies the advice and runs the ladder again.
 
+mod audit;
 mod client;
 mod events;
 mod files;

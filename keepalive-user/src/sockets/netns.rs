@@ -112,6 +112,9 @@ pub fn named(given: &str) -> Result<Namespace, NetnsError> {
             .find(|ns| ns.inode == inode)
             .ok_or_else(unknown);
     }
+    if given.is_empty() {
+        return Err(unknown());
+    }
     let path = if given.contains('/') {
         PathBuf::from(given)
     } else {
@@ -194,6 +197,7 @@ mod tests {
 
     #[test]
     fn unknown_namespaces_are_named_in_the_error() {
+        assert!(matches!(named(""), Err(NetnsError::Unknown { .. })));
         let error = named("kao-no-such-namespace").unwrap_err();
         assert!(matches!(error, NetnsError::Unknown { .. }));
         assert!(
