@@ -10,5 +10,5 @@ pub mod event;
 pub mod fact;
 pub mod finding;
 pub mod seconds;
-pub mod state;
 pub mod socket;
+pub mod state;
