@@ -5,7 +5,8 @@
 //! 1.5 s idle and survives, another after 4.5 s and is reset, so the daemon learns the window
 //! (1.5 s, 4.5 s] of the server's address and reports a forged reset. Other daemons and tests
 //! may run on the host at the same time: each test uses a server port of its own, so the
-//! learned window it checks is its own; a counter is checked to have risen.
+//! learned window it checks is its own; a counter is checked to have risen. While the reset
+//! happens, idle clients hold every slot of the endpoint: the finding must come all the same.
 
 mod common;
 
@@ -217,6 +218,23 @@ fn http_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
     Ok((status, body.to_owned()))
 }
 
+/// Connections held open without a request while a reset happens: more than the endpoint
+/// serves at once (8).
+const HOGS: usize = 12;
+
+/// [`scrape`], retried while the endpoint still closes new connections at once (its slots
+/// are freed as it notices the hogs' closes).
+fn scrape_when_served(addr: SocketAddr) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match http_get(addr, "/metrics") {
+            Ok((200, body)) => return body,
+            outcome if Instant::now() >= deadline => panic!("GET /metrics: {outcome:?}"),
+            _ => thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
 fn scrape(addr: SocketAddr) -> String {
     let (status, body) = http_get(addr, "/metrics").expect("GET /metrics");
     assert_eq!(status, 200, "{body}");
@@ -259,9 +277,15 @@ fn metrics_show_a_real_reset_and_the_learned_window() {
         "{before}"
     );
 
+    // Clients that connect and never send a request take every slot of the endpoint: the
+    // reader must go on reading the ring buffer all the same.
+    let hogs: Vec<TcpStream> = (0..HOGS)
+        .map(|_| TcpStream::connect_timeout(&lab.metrics, IO_TIMEOUT).expect("connect"))
+        .collect();
     let finding = lab.survive_and_reset();
     assert_eq!(finding["kind"], "forged_rst", "{finding:#}");
-    let after = scrape(lab.metrics);
+    drop(hogs);
+    let after = scrape_when_served(lab.metrics);
     let resets = |text: &str| sample(text, RESETS).unwrap_or(0.0);
     assert!(resets(&after) > resets(&before), "{after}");
     let reset_received = "keepalive_observer_events_total{kind=\"reset_received\"}";

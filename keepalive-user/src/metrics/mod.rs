@@ -369,7 +369,7 @@ fn watched_from_the_start(
 /// Whether a finding is about an RST, and which way it went: `sent` for the ones this host
 /// sent (every `local_close`), `received` for the peer's or a middlebox's; none for a silent
 /// death (`silent_timeout`: the flow vanished, no RST came).
-pub fn reset_direction(finding: &Finding) -> Option<&'static str> {
+fn reset_direction(finding: &Finding) -> Option<&'static str> {
     match (finding.verdict, finding.kind) {
         (_, FindingKind::SilentTimeout) => None,
         (Verdict::LocalClose, _) => Some("sent"),

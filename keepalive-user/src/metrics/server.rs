@@ -57,11 +57,6 @@ impl MetricsServer {
         Ok(Self { listener })
     }
 
-    /// The address bound (with the port chosen when port 0 was asked for).
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
-    }
-
     /// Serves `registry` until the runtime stops.
     pub async fn serve(self, registry: Arc<Registry>) {
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -162,6 +157,19 @@ mod tests {
     async fn body(response: Response<Full<Bytes>>) -> String {
         let bytes = response.into_body().collect().await.expect("infallible");
         String::from_utf8(bytes.to_bytes().to_vec()).expect("UTF-8")
+    }
+
+    #[tokio::test]
+    async fn an_address_in_use_is_an_error_naming_the_flag() {
+        let taken = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        let addr = taken.local_addr().expect("its address");
+        let error = MetricsServer::bind(addr).await.expect_err("in use");
+        assert!(
+            error
+                .to_string()
+                .starts_with(&format!("--metrics {addr}: cannot listen there")),
+            "{error}"
+        );
     }
 
     #[tokio::test]
