@@ -167,6 +167,18 @@ fn systemd_analyze_verifies_the_unit() {
         "+bpf,+perfmon,+net_admin,+syslog",
         "the measured set"
     );
+    // What would hide from the daemon what it reads: /proc/kallsyms (ProtectKernelTunables=,
+    // ProcSubset=pid), the host's network namespace (PrivateNetwork=: the metrics endpoint).
+    for (key, hiding) in [
+        ("ProtectKernelTunables", "yes"),
+        ("ProcSubset", "pid"),
+        ("PrivateNetwork", "yes"),
+    ] {
+        assert!(
+            !unit.values(key).contains(&hiding),
+            "{key}={hiding} hides what the daemon reads"
+        );
+    }
     let exec_start = unit.value("ExecStart");
     assert!(exec_start.starts_with(SHIPPED_BINARY), "{exec_start}");
     assert!(exec_start.contains("--metrics 127.0.0.1:"), "{exec_start}");
