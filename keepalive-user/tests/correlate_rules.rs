@@ -15,8 +15,8 @@ use keepalive_observer::{
         KeepaliveSummary, KeepaliveSysctls, MissingFact, SysctlError, Verdict, Window,
     },
     event::{
-        ConnectionContext, IdleSend, KeepaliveState, Origin, ResetReason, RstSegment, Task,
-        TcpEvent, TcpEventKind, TcpState,
+        ConnectionContext, IdleSend, KeepaliveState, Origin, ResetFacts, ResetReason, RstSegment,
+        Task, TcpEvent, TcpEventKind, TcpState,
     },
 };
 
@@ -1448,6 +1448,66 @@ fn abort_on_data_replaces_the_held_peer_verdict() {
 }
 
 #[test]
+fn without_reset_reasons_the_reply_to_data_after_close_is_an_abort_on_data() {
+    // Kernels before 6.10: `tcp_reset` on the closed server socket, then the RST from
+    // `tcp_v4_send_reset` answering the client's data, with no reason and no context.
+    let (server, client) = ("198.51.100.130:8080", "198.51.100.10:40000");
+    let mut run = Run::new();
+    run.feed(
+        ev(StateChange, 7, 0)
+            .local(server)
+            .remote(client)
+            .states(Listen, SynRecv),
+    )
+    .feed(
+        ev(StateChange, 7, 0)
+            .local(server)
+            .remote(client)
+            .states(SynRecv, Established),
+    )
+    .feed(
+        ev(StateChange, 7, 1000)
+            .local(server)
+            .remote(client)
+            .states(Established, FinWait1),
+    )
+    .feed(
+        ev(ResetReceived, 7, 3000)
+            .local(server)
+            .remote(client)
+            .state(FinWait2),
+    )
+    .feed(
+        ev(StateChange, 7, 3000)
+            .local(server)
+            .remote(client)
+            .states(FinWait2, Close),
+    );
+    assert!(run.findings.is_empty(), "held for the RST that follows");
+    let mut reply = ev(ResetSent, 7, 3000)
+        .local(server)
+        .remote(client)
+        .state(Close)
+        .no_tcp()
+        .answered(ACK);
+    reply.0.reset_facts = Some(ResetFacts {
+        answers_segment: true,
+        ..ResetFacts::default()
+    });
+    run.feed(reply).tick(10_000);
+    let f = run.only();
+    assert_eq!(
+        (f.verdict, f.kind, f.confidence),
+        (
+            Verdict::LocalClose,
+            FindingKind::AbortOnData,
+            Confidence::Confirmed
+        )
+    );
+    assert!(f.facts.contains(&Fact::NoKernelReason));
+}
+
+#[test]
 fn a_held_peer_reset_is_reported_when_the_grace_ends() {
     let mut run = Run::new();
     run.connect(1, 0, 63)
@@ -1459,8 +1519,14 @@ fn a_held_peer_reset_is_reported_when_the_grace_ends() {
     assert!(run.findings.is_empty());
     run.tick(2200);
     let f = run.only();
-    assert_eq!((f.kind, f.mono_ns), (FindingKind::PeerAbort, 200 * MS));
-    assert!(has(f, "socket was FIN_WAIT2 when the RST arrived"));
+    assert_eq!(
+        (f.kind, f.confidence, f.mono_ns),
+        (FindingKind::AbortOnData, Confidence::Likely, 200 * MS)
+    );
+    assert!(has(
+        f,
+        "the peer sent data after this host had closed the socket"
+    ));
 }
 
 #[test]
@@ -1482,7 +1548,7 @@ fn a_held_peer_reset_is_reported_when_its_connection_is_evicted() {
     assert_eq!(run.findings.len(), 2);
     assert_eq!(
         (run.findings[0].cookie, run.findings[0].kind),
-        (1, FindingKind::PeerAbort)
+        (1, FindingKind::AbortOnData)
     );
 }
 

@@ -2,7 +2,9 @@
 //! kernel, it runs keepalive-observer once per hook choice (`--hooks auto`, `tracepoint`,
 //! `fentry`, `kprobe`), checks which hook each signal got, makes the resets of the privileged
 //! event tests happen on loopback and checks the daemon's events and findings. It prints one
-//! line per check and exits 0 only when all passed.
+//! line per check and exits 0 only when all passed. Every run is recorded (`--record`); with
+//! `--print-recordings` the recordings go to the console, one line each prefixed with
+//! [`RECORDING_PREFIX`] and the hook choice, for `cargo xtask vm-test --golden` to keep.
 
 mod scenarios;
 
@@ -17,7 +19,9 @@ use anyhow::{Context as _, Result, bail, ensure};
 use keepalive_lab::daemon::{Daemon, Launch};
 use serde_json::Value;
 
-use crate::scenarios::{Expect, keepalive_timeout, linger_zero, no_socket, unread_data};
+use crate::scenarios::{
+    Expect, keepalive_race, keepalive_timeout, linger_zero, no_socket, unread_data,
+};
 
 /// Loading and verifying every program under software emulation takes a while.
 const READY_WITHIN: Duration = Duration::from_secs(180);
@@ -39,20 +43,27 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("linger_zero", linger_zero),
     ("unread_data", unread_data),
     ("keepalive_timeout", keepalive_timeout),
+    ("keepalive_race", keepalive_race),
 ];
+
+/// Starts each console line of a printed recording, followed by the hook choice.
+const RECORDING_PREFIX: &str = "VMTEST-RECORDING ";
 
 struct Args {
     daemon: PathBuf,
     choices: Vec<String>,
+    print_recordings: bool,
 }
 
 fn parse_args() -> Result<Args> {
     let mut daemon = None;
+    let mut print_recordings = false;
     let mut choices: Vec<String> = ALL_CHOICES.iter().map(|c| (*c).to_owned()).collect();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--daemon" => daemon = Some(PathBuf::from(args.next().context("--daemon PATH")?)),
+            "--print-recordings" => print_recordings = true,
             "--hooks" => {
                 let list = args
                     .next()
@@ -64,13 +75,14 @@ fn parse_args() -> Result<Args> {
             }
             other => bail!(
                 "unknown argument {other:?}; usage: keepalive-vmtest --daemon PATH \
-                 [--hooks auto,tracepoint,fentry,kprobe]"
+                 [--hooks auto,tracepoint,fentry,kprobe] [--print-recordings]"
             ),
         }
     }
     Ok(Args {
         daemon: daemon.context("--daemon PATH is required")?,
         choices,
+        print_recordings,
     })
 }
 
@@ -95,8 +107,10 @@ fn run() -> Result<bool> {
     let (mut passed, mut failed) = (0, 0);
     for choice in &args.choices {
         let started = Instant::now();
+        let recording = std::env::temp_dir().join(format!("recording-{choice}.jsonl"));
         let launch = Launch::new(&args.daemon)
             .args(["--hooks", choice.as_str(), "--stats-interval", "1"])
+            .args([std::ffi::OsStr::new("--record"), recording.as_os_str()])
             .ready_timeout(READY_WITHIN)
             .stop_timeout(STOP_GRACE);
         let mut daemon = match launch.start() {
@@ -151,6 +165,13 @@ fn run() -> Result<bool> {
             Err(error) => {
                 failed += 1;
                 println!("vmtest[{choice}] stop: FAIL: {error:#}");
+            }
+        }
+        if args.print_recordings {
+            let text = std::fs::read_to_string(&recording)
+                .with_context(|| format!("reading {}", recording.display()))?;
+            for line in text.lines() {
+                println!("{RECORDING_PREFIX}{choice} {line}");
             }
         }
     }

@@ -242,6 +242,57 @@ pub fn keepalive_timeout(daemon: &mut Daemon, expect: &Expect) -> Result<String>
     ))
 }
 
+/// The keep-alive race: the server closes a connection idle for a second (its keep-alive
+/// timeout), the client reuses it and gets the server's RST. The client's finding is the race
+/// with the idle time at the server's FIN; the server's is its abort on data (a kernel without
+/// reasons answers the data through `tcp_v4_send_reset`, with no reason).
+pub fn keepalive_race(daemon: &mut Daemon, expect: &Expect) -> Result<String> {
+    let (mut client, mut server, client_addr, server_addr) = loopback_pair()?;
+    client.write_all(b"request").context("client write")?;
+    server.read_exact(&mut [0u8; 7]).context("server read")?;
+    server.write_all(b"reply").context("server write")?;
+    client.read_exact(&mut [0u8; 5]).context("client read")?;
+    let idle = Duration::from_secs(1);
+    std::thread::sleep(idle);
+    drop(server);
+    let deadline = Instant::now() + WAIT;
+    while client
+        .peek(&mut [0u8; 1])
+        .context("waiting for the server's FIN")?
+        != 0
+    {
+        ensure!(Instant::now() < deadline, "no FIN from the server");
+    }
+    client.write_all(b"reused").context("client reuse")?;
+    let (local, remote) = (client_addr.to_string(), server_addr.to_string());
+    let race = daemon.wait_for("the keepalive_race finding", WAIT, |v| {
+        is_finding(v, Verdict::PeerReset, FindingKind::KeepaliveRace, &local)
+    })?;
+    let idle_at_fin = race["facts"]
+        .as_array()
+        .and_then(|facts| facts.iter().find(|f| f["fact"] == "peer_closed_first"))
+        .and_then(|f| f["idle_at_fin_ms"].as_u64())
+        .with_context(|| format!("no idle time at the FIN: {race}"))?;
+    let slept = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+    ensure!(
+        idle_at_fin.abs_diff(slept) <= IDLE_TOLERANCE_MS,
+        "idle at the FIN {idle_at_fin} ms, slept {slept} ms: {race}"
+    );
+    let server_side = daemon.wait_for("the server's finding", WAIT, |v| {
+        v["type"] == "finding" && v["local"] == remote
+    })?;
+    let kind = server_side["kind"].as_str().unwrap_or_default();
+    ensure!(
+        kind == "abort_on_data",
+        "the server's end: expected abort_on_data, got {server_side}"
+    );
+    Ok(format!(
+        "keepalive_race {}, idle at the FIN {idle_at_fin} ms; server abort_on_data {} \
+         (reasons: {})",
+        race["confidence"], server_side["confidence"], expect.reasons
+    ))
+}
+
 fn loopback_pair() -> Result<(TcpStream, TcpStream, SocketAddr, SocketAddr)> {
     let listener = TcpListener::bind("127.0.0.1:0").context("bind")?;
     let client = TcpStream::connect(listener.local_addr()?).context("connect")?;

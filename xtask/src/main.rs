@@ -64,6 +64,11 @@ enum Command {
         /// Hook choices to run the daemon with, comma-separated.
         #[arg(long, default_value = vm_test::ALL_HOOKS)]
         hooks: String,
+        /// Keep each run's recording as a golden stream in keepalive-schema/golden/
+        /// (`vm-<kernel>-<hooks>.recording.jsonl`), with the findings the host's daemon replays
+        /// from it beside it.
+        #[arg(long)]
+        golden: bool,
     },
     /// Measure overhead and throughput on loopback, with and without observers (root).
     #[command(disable_help_flag = true)]
@@ -106,7 +111,11 @@ fn task(command: Command) -> anyhow::Result<ExitCode> {
             lint::run()?;
         }
         Command::Test => test::run()?,
-        Command::VmTest { kernel, hooks } => vm_test::run(kernel, &hooks)?,
+        Command::VmTest {
+            kernel,
+            hooks,
+            golden,
+        } => vm_test::run(kernel, &hooks, golden)?,
         Command::Bench { args } => return bench::run(&args),
         Command::Lab { args } => return lab::run(&args),
     }

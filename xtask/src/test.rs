@@ -30,7 +30,7 @@ pub fn run() -> Result<()> {
     if root {
         result?;
         lab::ci_check()?;
-        vm_test::run(vm_test::Kernels::All, vm_test::ALL_HOOKS)?;
+        vm_test::run(vm_test::Kernels::All, vm_test::ALL_HOOKS, false)?;
         println!(
             "all tests passed, privileged tests and the kernel matrix included (running as root)"
         );

@@ -21,13 +21,17 @@ use crate::cmd;
 use crate::setup;
 use keepalive_lab::workspace::host_toolchain;
 
-/// The guest's /init; `@HOOKS@` becomes the hook choices.
+/// The guest's /init; `@HOOKS@` becomes the hook choices, `@RECORDINGS@` the driver's
+/// `--print-recordings` when golden streams are kept.
 const INIT: &str = include_str!("../assets/vm/init");
 /// One boot runs the daemon once per hook choice; software emulation is slow, so this is
 /// generous, but bounded.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
 /// Every hook choice the daemon offers.
 pub const ALL_HOOKS: &str = "auto,tracepoint,fentry,kprobe";
+/// How the guest driver prefixes each console line of a printed recording (then the hook
+/// choice and the line).
+const RECORDING_PREFIX: &str = "VMTEST-RECORDING ";
 
 /// Which kernels to boot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -64,7 +68,7 @@ struct Passed {
     hooks: Vec<String>,
 }
 
-pub fn run(kernels: Kernels, hooks: &str) -> Result<()> {
+pub fn run(kernels: Kernels, hooks: &str, golden: bool) -> Result<()> {
     let started = Instant::now();
     setup::run(setup::Report::Quiet)?;
     cmd::run(cmd::cargo(host_toolchain())?.args([
@@ -88,7 +92,7 @@ pub fn run(kernels: Kernels, hooks: &str) -> Result<()> {
 
     let mut outcomes = Vec::new();
     for &series in kernels.series() {
-        let result = boot_series(series, &work, &daemon, &driver, hooks);
+        let result = boot_series(series, &work, &daemon, &driver, hooks, golden);
         if let Err(error) = &result {
             eprintln!("vm-test: kernel {series}: {error:#}");
         }
@@ -135,6 +139,7 @@ fn boot_series(
     daemon: &Path,
     driver: &Path,
     hooks: &str,
+    golden: bool,
 ) -> Result<Passed> {
     let host = Apt::host();
     let (apt, package) = match host.newest_cloud_kernel(series)? {
@@ -160,9 +165,12 @@ fn boot_series(
     kernel::vmlinux(&root, &release, &vmlinux)?;
     let initrd = dir.join("initramfs.cpio");
     let config = root.join("boot").join(format!("config-{release}"));
-    let image = initramfs(daemon, driver, &config, &release, hooks)?;
+    let image = initramfs(daemon, driver, &config, &release, hooks, golden)?;
     fs::write(&initrd, image).with_context(|| format!("writing {}", initrd.display()))?;
     let console = qemu::boot(&vmlinux, &initrd, series, BOOT_TIMEOUT)?;
+    if golden {
+        keep_golden(series, &console.lines, daemon)?;
+    }
     Ok(Passed {
         release,
         boot_and_tests: console.elapsed,
@@ -183,6 +191,7 @@ fn initramfs(
     config: &Path,
     release: &str,
     hooks: &str,
+    golden: bool,
 ) -> Result<Vec<u8>> {
     let busybox = PathBuf::from("/bin/busybox");
     if !busybox.exists() {
@@ -190,10 +199,64 @@ fn initramfs(
     }
     let mut image = Initramfs::default();
     image.copy(&busybox, "bin/busybox")?;
-    image.file("init", 0o755, INIT.replace("@HOOKS@", hooks).as_bytes());
+    let recordings = if golden { "--print-recordings" } else { "" };
+    let init = INIT
+        .replace("@HOOKS@", hooks)
+        .replace("@RECORDINGS@", recordings);
+    image.file("init", 0o755, init.as_bytes());
     image.program_with_libraries(daemon, "keepalive-observer")?;
     image.program_with_libraries(driver, "keepalive-vmtest")?;
     image.copy(config, &format!("boot/config-{release}"))?;
     image.char_device("dev/console", 5, 1);
     Ok(image.finish())
+}
+
+/// Writes each hook choice's recording from the console to
+/// `keepalive-schema/golden/vm-<series>-<choice>.recording.jsonl`, and the findings the host's
+/// daemon replays from it beside it: the streams each kernel really emits, for the replay
+/// tests.
+fn keep_golden(series: &str, lines: &[String], daemon: &Path) -> Result<()> {
+    let golden = keepalive_lab::workspace::root().join("keepalive-schema/golden");
+    let mut recordings: std::collections::BTreeMap<&str, String> = Default::default();
+    for line in lines {
+        let Some((choice, record)) = line
+            .split_once(RECORDING_PREFIX)
+            .and_then(|(_, rest)| rest.split_once(' '))
+        else {
+            continue;
+        };
+        let text = recordings.entry(choice).or_default();
+        text.push_str(record);
+        text.push('\n');
+    }
+    if recordings.is_empty() {
+        bail!("kernel {series}: the guest printed no recordings");
+    }
+    for (choice, text) in recordings {
+        let stem = format!("vm-{series}-{choice}");
+        let recording = golden.join(format!("{stem}.recording.jsonl"));
+        fs::write(&recording, text).with_context(|| format!("writing {}", recording.display()))?;
+        let replay = std::process::Command::new(daemon)
+            .args(["replay", "--format", "json"])
+            .arg(&recording)
+            .output()
+            .with_context(|| format!("replaying {}", recording.display()))?;
+        if !replay.status.success() {
+            bail!(
+                "replaying {}: {}",
+                recording.display(),
+                String::from_utf8_lossy(&replay.stderr)
+            );
+        }
+        let findings: String = String::from_utf8(replay.stdout)
+            .context("the replay's output is not UTF-8")?
+            .lines()
+            .filter(|line| line.contains(r#""type":"finding""#))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let path = golden.join(format!("{stem}.findings.jsonl"));
+        fs::write(&path, findings).with_context(|| format!("writing {}", path.display()))?;
+        println!("vm-test: kept {} and its findings", recording.display());
+    }
+    Ok(())
 }

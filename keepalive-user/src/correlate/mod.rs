@@ -249,7 +249,17 @@ impl Correlator {
     }
 
     fn on_reset_sent(&mut self, ev: &TcpEvent, out: &mut Vec<Finding>) {
-        if rules::is_reply_reset(ev) {
+        // Without reset reasons (before 6.10) the RST answering data that arrived after this
+        // host's close comes from `tcp_v{4,6}_send_reset`, like any reply; it is the one
+        // the held `tcp_reset` of the same socket waits for (see `on_reset_received`).
+        let data_after_close = ev.reason.is_none()
+            && ev.cookie != 0
+            && ev.reset_facts.is_some_and(|f| f.answers_segment)
+            && self
+                .recent
+                .get(&ev.cookie)
+                .is_some_and(|c| matches!(c.outcome, Outcome::Provisional(_)));
+        if rules::is_reply_reset(ev) && !data_after_close {
             if rules::refuses_connection_attempt(ev) {
                 return;
             }
@@ -265,7 +275,8 @@ impl Correlator {
             return;
         };
         let replaces_provisional = matches!(conn.outcome, Outcome::Provisional(_))
-            && ev.reason.as_ref().and_then(|r| r.name.as_deref()) == Some("TCP_ABORT_ON_DATA");
+            && (data_after_close
+                || ev.reason.as_ref().and_then(|r| r.name.as_deref()) == Some("TCP_ABORT_ON_DATA"));
         if !matches!(conn.outcome, Outcome::Open) && !replaces_provisional {
             return;
         }

@@ -85,7 +85,10 @@ pub fn boot(vmlinux: &Path, initrd: &Path, tag: &str, timeout: Duration) -> Resu
                 // The serial console ends lines with CR LF; the kernel's own may carry other
                 // control characters.
                 let line = line.trim_end_matches(['\r', '\n']).to_owned();
-                println!("[{tag}] {line}");
+                // Printed recordings are kept, not echoed.
+                if !line.contains(super::RECORDING_PREFIX) {
+                    println!("[{tag}] {line}");
+                }
                 let done = line.contains(PASS);
                 let failed = line.contains(FAIL);
                 seen.push(line);

@@ -16,25 +16,27 @@ use crate::{
 /// 1. In SYN_SENT it answers our SYN: `peer_reset` / `refused`, `confirmed` when its TTL is
 ///    the peer's, `likely` when unknown, `possible` when it differs (a firewall on the path
 ///    may have refused it).
-/// 2. In CLOSE_WAIT the peer had sent its FIN first and this host used the connection again
+/// 2. In FIN_WAIT1/2 with no RST segment seen: data after this host's close, see
+///    [`data_after_close`].
+/// 3. In CLOSE_WAIT the peer had sent its FIN first and this host used the connection again
 ///    (a pooled connection the server closed for idleness): `peer_reset` / `keepalive_race`,
 ///    with how long the connection had been idle when the FIN came. `confirmed` when the
 ///    RST's TTL is the peer's, `likely` otherwise.
-/// 3. Its TTL differs from the peer's handshake TTL: `middlebox_drop` / `forged_rst`. If the
+/// 4. Its TTL differs from the peer's handshake TTL: `middlebox_drop` / `forged_rst`. If the
 ///    idle-expiry test holds as well and the TTL is from this connection's own handshake, the
 ///    two independent signals agree: `confirmed`, with the idle evidence; otherwise `likely`
 ///    (a route change can also shift a TTL, another connection may reach another backend).
-/// 4. Its TTL equals the peer's: the peer host sent it, or something at its distance (a
+/// 5. Its TTL equals the peer's: the peer host sent it, or something at its distance (a
 ///    balancer's backend, a middlebox copying the TTL). Without an ACK it is a stack
 ///    answering a segment for a connection it does not have (restarted, socket destroyed, a
 ///    balancer rehashed the flow): `peer_reset` / `peer_lost_state`; with one, the peer's
 ///    application aborted a live connection: `peer_abort`. `confirmed` only when the
 ///    independent facts agree: the TTL, the flags, and an idle gap below what connections
 ///    survived (or the floor); otherwise `likely`, naming what is missing.
-/// 5. TTL unknown and the idle-expiry test holds: `middlebox_drop` / `idle_expiry_rst`,
+/// 6. TTL unknown and the idle-expiry test holds: `middlebox_drop` / `idle_expiry_rst`,
 ///    `likely` against a learned bound, `possible` against the configured floor; never on
 ///    loopback, which has no middlebox.
-/// 6. Otherwise (a TTL unknown: the RST was not seen, or the connection is older than the
+/// 7. Otherwise (a TTL unknown: the RST was not seen, or the connection is older than the
 ///    observer and its peer's distance is unknown) `peer_reset` / `peer_lost_state` without an
 ///    ACK, else `peer_abort`: `likely` only when the peer's distance is known and the idle gap
 ///    is below the threshold, else `possible`, naming what is missing. Never a confident
@@ -45,6 +47,9 @@ pub(in crate::correlate) fn reset_received(f: &Facts) -> Decision {
     }
     if f.state == TcpState::CloseWait {
         return keepalive_race(f);
+    }
+    if matches!(f.state, TcpState::FinWait1 | TcpState::FinWait2) && f.rst_ttl.is_none() {
+        return data_after_close(f);
     }
     let idle = idle_check(f);
     let ttl = compare_ttl(f);
@@ -153,6 +158,29 @@ pub(in crate::correlate) fn reset_received(f: &Facts) -> Decision {
         decision.facts.push(Fact::SocketState { state: f.state });
     }
     decision
+}
+
+/// `tcp_reset` ran on a socket this host had closed, and no RST segment arrived (the ingress
+/// program sees every one): the kernel resets a closed socket that receives data (RFC 1122,
+/// `tcp_rcv_state_process`), then answers the data with its own RST. `local_close` /
+/// `abort_on_data`, `likely`; that RST confirms it when it is seen.
+fn data_after_close(f: &Facts) -> Decision {
+    Decision::new(
+        Verdict::LocalClose,
+        FindingKind::AbortOnData,
+        Confidence::Likely,
+    )
+    .with([format!(
+        "the kernel reset the connection in {} with no RST segment from the peer: the peer \
+         sent data after this host had closed the socket",
+        f.state
+    )])
+    .fact([
+        Fact::SocketState { state: f.state },
+        Fact::Missing {
+            missing: MissingFact::RstTtl,
+        },
+    ])
 }
 
 /// Without an ACK the RST is a stack's answer for a connection it does not have.
