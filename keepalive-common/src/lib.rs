@@ -20,6 +20,32 @@ pub const CONTEXT_HASH_ENTRIES: u32 = 65_536;
 /// Entries of the map holding the TTL of SYNs received by listeners until the accepted socket
 /// takes it over (one handshake round trip).
 pub const HANDSHAKE_TTL_ENTRIES: u32 = 16_384;
+/// Name of the LPM trie of the IPv4 networks (`--remote`) whose connections are reported, when
+/// [`filter::REMOTE`] is set; the key is the prefix length then the address, the value unused.
+pub const FILTER_REMOTE_V4_MAP: &str = "FILTER_REMOTE_V4";
+/// Name of the LPM trie of the IPv6 networks (`--remote`), as [`FILTER_REMOTE_V4_MAP`].
+pub const FILTER_REMOTE_V6_MAP: &str = "FILTER_REMOTE_V6";
+/// Name of the hash set of ports (`--port`, local or remote, host byte order) whose
+/// connections are reported, when [`filter::PORT`] is set.
+pub const FILTER_PORTS_MAP: &str = "FILTER_PORTS";
+/// Name of the hash set of network namespace inodes (`--netns`) whose connections are
+/// reported, when [`filter::NETNS`] is set.
+pub const FILTER_NETNS_MAP: &str = "FILTER_NETNS";
+/// Entries of each filter map: the most values a filter flag takes.
+pub const FILTER_ENTRIES: u32 = 64;
+
+/// Bits of [`ProbeConfig::filters`]: which filter maps a record must match to be sent. A
+/// record that does not is discarded and counted ([`counter::FILTERED`]).
+pub mod filter {
+    /// The remote address is in [`FILTER_REMOTE_V4_MAP`](super::FILTER_REMOTE_V4_MAP) or
+    /// [`FILTER_REMOTE_V6_MAP`](super::FILTER_REMOTE_V6_MAP).
+    pub const REMOTE: u32 = 1 << 0;
+    /// The local or the remote port is in [`FILTER_PORTS_MAP`](super::FILTER_PORTS_MAP).
+    pub const PORT: u32 = 1 << 1;
+    /// The network namespace is in [`FILTER_NETNS_MAP`](super::FILTER_NETNS_MAP).
+    pub const NETNS: u32 = 1 << 2;
+}
+
 /// Version of the record layout ([`Event`] with its [`ConnContext`]); recordings carry it.
 pub const RECORD_VERSION: u32 = 2;
 
@@ -33,8 +59,10 @@ pub mod counter {
     /// Connections whose context could not be created (socket storage or the fallback map
     /// refused an entry): their records carry no context.
     pub const CONTEXT_FAILURES: u32 = 2;
+    /// Records the filters (`--remote`, `--port`, `--netns`) kept from being sent.
+    pub const FILTERED: u32 = 3;
     /// Number of slots.
-    pub const SLOTS: u32 = 3;
+    pub const SLOTS: u32 = 4;
 }
 /// Name of the global holding the [`ProbeConfig`].
 pub const CONFIG_GLOBAL: &str = "CONFIG";
@@ -445,6 +473,8 @@ pub struct ProbeConfig {
     /// Nonzero: keep connection context in [`CONTEXT_HASH_MAP`] rather than socket storage
     /// (kprobe hooks, or kernels whose tracing programs cannot use socket storage).
     pub context_in_map: u32,
+    /// [`filter`] bits: which filter maps a record must match to be sent.
+    pub filters: u32,
 }
 
 /// Name of the `iter/tcp` program that writes one [`SocketAudit`] per full TCP socket of the

@@ -12,6 +12,8 @@ use aya_ebpf::{
 };
 use keepalive_common::{EVENTS_RING_BYTES, Event, EventKind, ProbeConfig, counter};
 
+use crate::filter;
+
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
 
@@ -66,6 +68,7 @@ static CONFIG: ProbeConfig = ProbeConfig {
     active_reset_reason_arg: keepalive_common::NO_ARG,
     reply_reset_reason_arg: keepalive_common::NO_ARG,
     context_in_map: 0,
+    filters: 0,
 };
 
 /// The configuration, read through a volatile load so the compiler cannot fold the zeroes
@@ -153,9 +156,14 @@ const WAKEUP_BYTES: u64 = EVENTS_RING_BYTES as u64 / 4;
 /// would do, but producers on other CPUs may step over a narrower window.
 const WAKEUP_WINDOW: u64 = 8192;
 
-/// Hands the event to userspace.
+/// Hands the event to userspace, unless the filters keep it out (then it is counted).
 #[inline(always)]
 pub fn submit(event: Pending) {
+    if !filter::admits(&event) {
+        count(counter::FILTERED);
+        event.0.discard(BPF_RB_NO_WAKEUP);
+        return;
+    }
     let waiting = EVENTS.query(BPF_RB_AVAIL_DATA);
     let flags = if waiting.wrapping_sub(WAKEUP_BYTES) < WAKEUP_WINDOW {
         BPF_RB_FORCE_WAKEUP

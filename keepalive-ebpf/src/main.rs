@@ -14,6 +14,7 @@
 
 mod context;
 mod emit;
+mod filter;
 mod idle_reuse;
 mod keepalive_timer;
 mod keepalive_timer_fentry;

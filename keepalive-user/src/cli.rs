@@ -3,7 +3,10 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum, builder::TypedValueParser as _};
-use keepalive_observer::sockets::{RemoteFilter, windows::GivenWindow};
+use keepalive_observer::{
+    filter::{Cidr, Filter, parse_netns, parse_process},
+    sockets::{RemoteFilter, windows::GivenWindow},
+};
 use keepalive_schema::{seconds::parse_seconds, socket::Risk};
 
 /// Attributes every TCP reset on this host to a local close, a peer RST or a silent middlebox
@@ -158,6 +161,23 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = keepalive_observer::metrics::DEFAULT_DESTINATIONS,
           value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]
     pub metrics_destinations: usize,
+    /// Report only connections to a remote address in this network (`198.51.100.0/24`,
+    /// `fd6b:a1::/64`, or an address); repeat for more. Applied in the kernel.
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
+    pub remote: Vec<Cidr>,
+    /// Report only connections with this local or remote port; repeat for more. Applied in
+    /// the kernel.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Vec<u16>,
+    /// Report only connections in this network namespace: its inode number (as `netns=`
+    /// shows it) or a file that is one (`/run/netns/NAME`, `/proc/PID/ns/net`); repeat for
+    /// more. Applied in the kernel.
+    #[arg(long, value_name = "NETNS", value_parser = parse_netns)]
+    pub netns: Vec<u32>,
+    /// Report only connections owned by a process with this command name (as `comm=` shows
+    /// it, at most 15 bytes); repeat for more.
+    #[arg(long, value_name = "NAME", value_parser = parse_process)]
+    pub process: Vec<String>,
     /// Print lost-event totals this often (seconds; 0: only at exit).
     #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
     pub stats_interval: Duration,
@@ -188,6 +208,22 @@ fn parse_size(text: &str) -> Result<u64, String> {
 
 /// The smallest `--record-limit`.
 const MIN_RECORD_LIMIT: u64 = 64 << 10;
+
+fn parse_cidr(text: &str) -> Result<Cidr, String> {
+    text.parse()
+}
+
+impl RunArgs {
+    /// The filters of `--remote`, `--port`, `--netns` and `--process`.
+    pub fn filter(&self) -> Filter {
+        Filter {
+            remotes: self.remote.clone(),
+            ports: self.port.clone(),
+            netns: self.netns.clone(),
+            processes: self.process.clone(),
+        }
+    }
+}
 
 fn parse_positive_seconds(text: &str) -> Result<Duration, String> {
     let seconds = parse_seconds(text)?;
@@ -267,6 +303,36 @@ mod tests {
         assert!(Cli::try_parse_from(["keepalive-observer", "--hooks", "uprobe"]).is_err());
         assert!(Cli::try_parse_from(["keepalive-observer", "--state-interval", "0"]).is_err());
         assert_eq!(cli_run(&[]).record_limit, 256 << 20);
+        let filtered = cli_run(&[
+            "--remote",
+            "198.51.100.0/24",
+            "--remote",
+            "fd6b:a1::/64",
+            "--port",
+            "443",
+            "--netns",
+            "4026531840",
+            "--process",
+            "java",
+        ])
+        .filter();
+        assert_eq!(filtered.remotes.len(), 2);
+        assert_eq!(
+            (filtered.ports, filtered.netns, filtered.processes),
+            (vec![443], vec![4_026_531_840], vec!["java".to_owned()])
+        );
+        for (flag, bad) in [
+            ("--remote", "198.51.100.0/40"),
+            ("--port", "0"),
+            ("--port", "70000"),
+            ("--netns", "/nonexistent"),
+            ("--process", "a-name-longer-than-comm"),
+        ] {
+            let error = Cli::try_parse_from(["keepalive-observer", flag, bad])
+                .expect_err(bad)
+                .to_string();
+            assert!(error.contains(flag), "{flag} {bad}: {error}");
+        }
         assert_eq!(cli_run(&["--record-limit", "64K"]).record_limit, 64 << 10);
         assert_eq!(cli_run(&["--record-limit", "2g"]).record_limit, 2 << 30);
         for bad in ["1K", "12Q", "M", "99999999999999G"] {

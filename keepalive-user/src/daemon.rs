@@ -39,6 +39,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             Hooks::Fentry => HookChoice::Only(HookKind::Fentry),
             Hooks::Kprobe => HookChoice::Only(HookKind::Kprobe),
         },
+        filter: args.filter(),
     })?;
     let (sinks, mut drops) = open_sinks(args.format, args.journald, args.journald_events, clock)?;
     let sysctls = KeepaliveSysctls::read_host()?;
@@ -75,10 +76,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         recording,
         !args.findings_only,
     )
-    .with_metrics(metrics);
+    .with_metrics(metrics)
+    .with_filter(args.filter());
     let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let report = startup_report(&observer, learned_state);
+    let report = startup_report(&observer, learned_state, args.filter().describe());
     if let Some(metrics) = pipeline.metrics() {
         metrics.startup(&report);
     }
@@ -178,6 +180,7 @@ fn take_counters(pipeline: &mut Pipeline, observer: &Observer, drops: &mut Drops
     pipeline.loss.kernel_lost = counters.lost;
     pipeline.loss.syn_refusals = counters.syn_refusals;
     pipeline.loss.context_failures = counters.context_failures;
+    pipeline.loss.filtered = counters.filtered;
     drops.update(&mut pipeline.loss);
 }
 
@@ -257,7 +260,7 @@ pub fn buffered_stdout() -> std::io::Result<BufWriter<File>> {
 /// Output buffered between flushes, at most: a batch's worth of lines.
 const STDOUT_BUFFER: usize = 1 << 16;
 
-fn startup_report(observer: &Observer, learned_state: String) -> StartupReport {
+fn startup_report(observer: &Observer, learned_state: String, filters: String) -> StartupReport {
     let hooks = observer
         .hooks
         .iter()
@@ -285,5 +288,6 @@ fn startup_report(observer: &Observer, learned_state: String) -> StartupReport {
         missing_signals,
         context: observer.context.describe(),
         learned_state,
+        filters,
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod correlate;
 pub mod event;
+pub mod filter;
 pub mod kernel;
 pub mod metrics;
 pub mod notify;

@@ -4,6 +4,7 @@
 use keepalive_observer::{
     correlate::{Correlator, Finding},
     event::{DecodeContext, TcpEvent},
+    filter::Filter,
     metrics::Metrics,
     recording::{Recording, RecordingError},
     sink::{LossReport, Sink, SinkError, StartupReport},
@@ -28,6 +29,9 @@ pub struct Pipeline {
     correlator: Correlator,
     recording: Option<Recording>,
     print_events: bool,
+    /// What is printed and counted in the metrics: the process names (the kernel applied
+    /// the rest).
+    filter: Filter,
     metrics: Option<Metrics>,
     /// Totals for the stats lines.
     pub loss: LossReport,
@@ -50,6 +54,7 @@ impl Pipeline {
             correlator,
             recording,
             print_events,
+            filter: Filter::default(),
             metrics: None,
             loss: LossReport::default(),
             failed: None,
@@ -70,6 +75,12 @@ impl Pipeline {
             }
         }
         self.metrics = metrics;
+        self
+    }
+
+    /// Prints (and counts in the metrics) only the events and findings `filter` admits.
+    pub fn with_filter(mut self, filter: Filter) -> Self {
+        self.filter = filter;
         self
     }
 
@@ -110,12 +121,13 @@ impl Pipeline {
         }
         // Counted whether printed or not: the stats line compares received with lost.
         self.loss.count_event(event.kind);
-        if self.print_events {
+        let admitted = self.filter.admits_event(event);
+        if self.print_events && admitted {
             let written = self.sinks.event(event);
             self.keep_error(written.map_err(PipelineError::from));
         }
         let findings = self.correlator.on_event(event);
-        if let Some(metrics) = &mut self.metrics {
+        if let Some(metrics) = self.metrics.as_mut().filter(|_| admitted) {
             let window = self
                 .correlator
                 .timeout_window(event.netns_cookie, event.remote);
@@ -147,6 +159,9 @@ impl Pipeline {
 
     fn emit(&mut self, findings: &[Finding]) {
         for finding in findings {
+            if !self.filter.admits_finding(finding) {
+                continue;
+            }
             self.loss.count_finding();
             if let Some(metrics) = &mut self.metrics {
                 let window = self

@@ -80,6 +80,7 @@ fn the_alerts_name_only_metrics_the_daemon_serves() {
         missing_signals: vec!["reply after idle".to_owned()],
         context: "socket storage".to_owned(),
         learned_state: "nothing learned yet".to_owned(),
+        filters: "none: every connection".to_owned(),
     });
     metrics.totals(&LossReport {
         output_dropped: [("stdout", 0)].into(),

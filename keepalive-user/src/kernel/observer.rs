@@ -16,18 +16,19 @@ use aya::{
 };
 use keepalive_common::{
     CONFIG_GLOBAL, CONTEXT_HASH_ENTRIES, CONTEXT_HASH_MAP, COUNTERS_MAP, EVENTS_MAP,
-    EVENTS_RING_BYTES, NO_ARG, ProbeConfig, counter,
+    EVENTS_RING_BYTES, FILTER_ENTRIES, NO_ARG, ProbeConfig, counter,
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
 use super::{
     btf::{BtfError, KernelBtf, VMLINUX_BTF},
+    filter,
     hooks::{FunctionTarget, Hook, HookChoice, HookKind, HookOutcome, SIGNALS, TracepointReason},
     hz::{HzError, kernel_hz},
     kallsyms::symbol_address,
     ring_fill::{RingFill, RingPositions},
 };
-use crate::event::DecodeContext;
+use crate::{event::DecodeContext, filter::Filter};
 
 /// The compiled eBPF object, built by build.rs with aya-build.
 pub(crate) static EBPF_OBJECT: &[u8] =
@@ -67,6 +68,14 @@ pub enum LoadError {
     /// A map the object must contain is missing (a build mismatch).
     #[error("the eBPF object has no map {0}")]
     MissingMap(&'static str),
+    /// A filter flag was given more values than its kernel map holds.
+    #[error("{flag} was given {count} times; at most {FILTER_ENTRIES} values are supported")]
+    TooManyFilterValues {
+        /// The flag.
+        flag: &'static str,
+        /// How many values it was given.
+        count: usize,
+    },
     /// A map has the wrong type (a build mismatch).
     #[error("map {name}: {source}")]
     Map {
@@ -92,6 +101,8 @@ pub struct LoadOptions {
     pub cgroup: Option<PathBuf>,
     /// Which hooks may be used.
     pub hooks: HookChoice,
+    /// Which connections to report; the kernel applies all but the process names.
+    pub filter: Filter,
 }
 
 /// Where the kernel side keeps each connection's context.
@@ -127,6 +138,8 @@ pub struct KernelCounters {
     pub syn_refusals: u64,
     /// Connections whose context could not be created.
     pub context_failures: u64,
+    /// Records the filters kept from being sent.
+    pub filtered: u64,
 }
 
 /// The loaded, attached observer. Dropping it detaches every program.
@@ -166,6 +179,7 @@ impl Observer {
             active_reset_reason_arg: reason_arg(&kernel, "tcp_send_active_reset"),
             reply_reset_reason_arg: reason_arg(&kernel, "tcp_v4_send_reset"),
             context_in_map: u32::from(context != ContextStore::SocketStorage),
+            filters: filter::bits(&options.filter),
         };
         let mut loader = EbpfLoader::new();
         loader.override_global(CONFIG_GLOBAL, &config, true);
@@ -174,6 +188,7 @@ impl Observer {
             loader.map_max_entries(CONTEXT_HASH_MAP, 1);
         }
         let mut ebpf = loader.load(EBPF_OBJECT)?;
+        filter::install(&mut ebpf, &options.filter)?;
         let btf = Btf::from_sys_fs()?;
         let cgroup = options.cgroup.clone().or_else(cgroup2_root);
         let mut hooks = Vec::new();
@@ -301,6 +316,7 @@ impl Observer {
             lost: sum(counter::LOST),
             syn_refusals: sum(counter::SYN_REFUSALS),
             context_failures: sum(counter::CONTEXT_FAILURES),
+            filtered: sum(counter::FILTERED),
         }
     }
 }

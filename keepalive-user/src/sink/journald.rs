@@ -214,6 +214,7 @@ fn ready_fields(report: &StartupReport) -> Vec<(String, String)> {
     fields.push(("VERSION".into(), report.version.clone()));
     fields.push(("KERNEL".into(), report.kernel.clone()));
     fields.push(("LEARNED_STATE".into(), report.learned_state.clone()));
+    fields.push(("FILTERS".into(), report.filters.clone()));
     for (name, list) in [
         ("HOOKS_ATTACHED", attached),
         ("HOOKS_UNAVAILABLE", unavailable),

@@ -70,6 +70,7 @@ pub(super) struct ReadyRecord<'a> {
     missing_signals: &'a [String],
     context: &'a str,
     learned_state: &'a str,
+    filters: &'a str,
 }
 
 impl<'a> ReadyRecord<'a> {
@@ -83,6 +84,7 @@ impl<'a> ReadyRecord<'a> {
             missing_signals: &report.missing_signals,
             context: &report.context,
             learned_state: &report.learned_state,
+            filters: &report.filters,
         }
     }
 }
@@ -343,7 +345,8 @@ mod tests {
                 ],
                 "missing_signals": ["keepalive timer"],
                 "context": "socket storage (freed with each socket)",
-                "learned_state": "/var/lib/keepalive-observer/state.json: 2 destinations restored"
+                "learned_state": "/var/lib/keepalive-observer/state.json: 2 destinations restored",
+                "filters": "port 443"
             })
         );
         assert_eq!(
@@ -353,6 +356,7 @@ mod tests {
                 "kernel_lost": 2,
                 "syn_refusals": 0,
                 "context_failures": 0,
+                "filtered": 0,
                 "decode_errors": 0,
                 "events": 1,
                 "findings": 0,

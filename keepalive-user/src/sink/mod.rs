@@ -112,6 +112,9 @@ pub struct StartupReport {
     pub context: String,
     /// The state file and what was restored from it, in words.
     pub learned_state: String,
+    /// Which connections are reported (`--remote`, `--port`, `--netns`, `--process`), in
+    /// words.
+    pub filters: String,
 }
 
 /// One hook tried at start.
@@ -165,6 +168,9 @@ pub struct LossReport {
     pub syn_refusals: u64,
     /// Connections the kernel side could not keep a context for (their records say less).
     pub context_failures: u64,
+    /// Records the kernel programs did not send because the filters (`--remote`, `--port`,
+    /// `--netns`) left them out.
+    pub filtered: u64,
     /// Ring-buffer records that failed to decode.
     pub decode_errors: u64,
     /// Events emitted.
@@ -380,6 +386,7 @@ pub(crate) mod testdata {
             missing_signals: vec!["keepalive timer".into()],
             context: "socket storage (freed with each socket)".into(),
             learned_state: "/var/lib/keepalive-observer/state.json: 2 destinations restored".into(),
+            filters: "port 443".into(),
         }
     }
 }

@@ -106,6 +106,7 @@ pub(super) fn startup_table(report: &StartupReport) -> String {
     let _ = writeln!(text, "missing signals: {missing}");
     let _ = writeln!(text, "connection context: {}", report.context);
     let _ = writeln!(text, "learned state: {}", report.learned_state);
+    let _ = writeln!(text, "filters: {}", report.filters);
     text
 }
 
@@ -244,13 +245,14 @@ pub(super) fn finding_summary(finding: &Finding) -> String {
 pub(super) fn stats_summary(loss: &LossReport) -> String {
     let mut line = format!(
         "stats: kernel_lost={} decode_errors={} events={} findings={} syn_refusals={} \
-         context_failures={}",
+         context_failures={} filtered={}",
         loss.kernel_lost,
         loss.decode_errors,
         loss.events,
         loss.findings,
         loss.syn_refusals,
-        loss.context_failures
+        loss.context_failures,
+        loss.filtered
     );
     for (kind, count) in &loss.events_by_kind {
         let _ = write!(line, " {kind}={count}");
@@ -431,6 +433,7 @@ mod tests {
              missing signals: keepalive timer\n\
              connection context: socket storage (freed with each socket)\n\
              learned state: /var/lib/keepalive-observer/state.json: 2 destinations restored\n\
+             filters: port 443\n\
              ready\n"
         );
     }
@@ -447,7 +450,7 @@ mod tests {
         assert_eq!(
             output(|sink| sink.stats(&loss).expect("written")),
             "stats: kernel_lost=3 decode_errors=1 events=1 findings=1 syn_refusals=0 \
-             context_failures=0 reset_sent=1\n"
+             context_failures=0 filtered=0 reset_sent=1\n"
         );
     }
 
