@@ -462,6 +462,16 @@ fn a_connection_open_before_the_daemon_started_is_judged_when_the_middlebox_rese
     // No handshake TTL to compare with: the idle gap against the floor decides.
     assert_verdict(&finding, "middlebox_drop", "idle_expiry_rst", "possible");
     assert_eq!(finding["rst_ttl"], FORGED_TTL, "{finding:#}");
+    // What is missing is said, and what is still knowable: an unchanged initial TTL came
+    // from this host's local link.
+    let facts = finding["facts"].as_array().expect("facts");
+    for fact in [
+        serde_json::json!({"fact": "handshake_not_seen"}),
+        serde_json::json!({"fact": "missing", "missing": "peer_ttl"}),
+        serde_json::json!({"fact": "rst_ttl_local_link", "rst_ttl": FORGED_TTL}),
+    ] {
+        assert!(facts.contains(&fact), "{fact} in {finding:#}");
+    }
     assert_eq!(
         finding["comm"],
         comm(),
