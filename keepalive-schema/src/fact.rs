@@ -1,6 +1,8 @@
 //! The evidence of a finding for machines: each fact that weighed in the verdict, as a code
 //! (`"fact"`) and its values, beside the sentences of `evidence` that say the same for people.
 
+use std::net::SocketAddr;
+
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Comm, TcpState};
@@ -135,7 +137,7 @@ pub enum Fact {
         /// Its command name, escaped.
         comm: Option<Comm>,
         /// Its end's address.
-        addr: std::net::SocketAddr,
+        addr: SocketAddr,
     },
     /// Another connection to the same remote was answered while this one got none.
     OtherConnectionAnswered {
@@ -206,8 +208,6 @@ pub enum MissingFact {
     PeerTtl,
     /// The RST segment's flags were not seen.
     RstFlags,
-    /// No idle timeout is learned for the remote yet.
-    LearnedWindow,
     /// An idle gap at or above the learned timeout (or the floor).
     IdleExpiry,
     /// No other connection to the remote was answered meanwhile.
