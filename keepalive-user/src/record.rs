@@ -29,6 +29,11 @@ pub const FORMAT_VERSION: u32 = 2;
 /// Bytes in one raw record.
 const RECORD_BYTES: usize = size_of::<RawEvent>();
 
+/// The longest line a recording may hold. A record's line has about 300 bytes and the header
+/// about 2 KiB; a longer line is not a recording's, and is skipped as it is read rather than
+/// buffered, so a hostile file cannot make a replay allocate more than this per line.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
 /// The first line of a recording.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordHeader {
@@ -154,7 +159,7 @@ impl<W: Write> Recorder<W> {
 /// Why a recording could not be read. Every variant names the 1-based line.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
-    /// Reading the input failed (including text that is not UTF-8).
+    /// Reading the input failed.
     #[error("line {line}: cannot read: {source}")]
     Io {
         /// Line being read.
@@ -162,6 +167,22 @@ pub enum ReplayError {
         /// The underlying error.
         #[source]
         source: io::Error,
+    },
+    /// The line is longer than [`MAX_LINE_BYTES`]: it was skipped, not held in memory.
+    #[error("line {line}: longer than {limit} bytes, not a line of a recording")]
+    LineTooLong {
+        /// Line number.
+        line: usize,
+        /// [`MAX_LINE_BYTES`].
+        limit: usize,
+    },
+    /// The line is not UTF-8 text.
+    #[error("line {line}: not UTF-8 text (bad byte at offset {offset})")]
+    NotUtf8 {
+        /// Line number.
+        line: usize,
+        /// 0-based byte offset of the first byte that is not UTF-8.
+        offset: usize,
     },
     /// The input holds no line at all.
     #[error("line 1: empty recording, expected a header")]
@@ -270,8 +291,8 @@ impl<R: BufRead> Replay<R> {
         let text = loop {
             match read_line(&mut input, &mut line)? {
                 None => return Err(ReplayError::Empty),
-                Some(text) if text.trim().is_empty() => continue,
-                Some(text) => break text,
+                Some(Ok(text)) if text.trim().is_empty() => continue,
+                Some(text) => break text?,
             }
         };
         let header = parse_header(&text, line)?;
@@ -324,30 +345,73 @@ impl<R: BufRead> Iterator for Replay<R> {
                     return Some(Err(err));
                 }
                 Ok(None) => self.done = true,
-                Ok(Some(text)) if text.trim().is_empty() => {}
-                Ok(Some(text)) => return Some(self.item(&text)),
+                Ok(Some(Ok(text))) if text.trim().is_empty() => {}
+                Ok(Some(Ok(text))) => return Some(self.item(&text)),
+                Ok(Some(Err(bad_line))) => return Some(Err(bad_line)),
             }
         }
         None
     }
 }
 
-/// The next line without its terminator, counting lines; `None` at the end.
-fn read_line(input: &mut impl BufRead, line: &mut usize) -> Result<Option<String>, ReplayError> {
+/// The next line without its terminator, counting lines: `None` at the end, the line's own
+/// error when it is too long (then the rest of it is read and dropped) or not UTF-8, and
+/// `Err` when reading fails.
+fn read_line(
+    input: &mut impl BufRead,
+    line: &mut usize,
+) -> Result<Option<Result<String, ReplayError>>, ReplayError> {
     *line += 1;
-    let mut text = String::new();
-    match input.read_line(&mut text) {
-        Ok(0) => Ok(None),
-        Ok(_) => {
-            let end = text.trim_end_matches(['\n', '\r']).len();
-            text.truncate(end);
-            Ok(Some(text))
+    let mut bytes = Vec::new();
+    let mut too_long = false;
+    let mut read_any = false;
+    loop {
+        let available = match input.fill_buf() {
+            Ok(available) => available,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(source) => {
+                return Err(ReplayError::Io {
+                    line: *line,
+                    source,
+                });
+            }
+        };
+        if available.is_empty() {
+            break;
         }
-        Err(source) => Err(ReplayError::Io {
-            line: *line,
-            source,
-        }),
+        read_any = true;
+        let newline = available.iter().position(|&b| b == b'\n');
+        let chunk = &available[..newline.unwrap_or(available.len())];
+        if !too_long && bytes.len() + chunk.len() > MAX_LINE_BYTES {
+            too_long = true;
+            bytes = Vec::new();
+        } else if !too_long {
+            bytes.extend_from_slice(chunk);
+        }
+        let used = newline.map_or(available.len(), |at| at + 1);
+        input.consume(used);
+        if newline.is_some() {
+            break;
+        }
     }
+    if !read_any {
+        return Ok(None);
+    }
+    if too_long {
+        return Ok(Some(Err(ReplayError::LineTooLong {
+            line: *line,
+            limit: MAX_LINE_BYTES,
+        })));
+    }
+    while bytes.last() == Some(&b'\r') {
+        bytes.pop();
+    }
+    Ok(Some(String::from_utf8(bytes).map_err(|error| {
+        ReplayError::NotUtf8 {
+            line: *line,
+            offset: error.utf8_error().valid_up_to(),
+        }
+    })))
 }
 
 /// Checks `type` and `version` before the rest, so that a newer format says so instead of

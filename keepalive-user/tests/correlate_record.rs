@@ -9,7 +9,7 @@ use keepalive_observer::{
     correlate::{Correlator, CorrelatorConfig, Finding, FindingKind, KeepaliveSysctls},
     event::{DecodeContext, DecodeError, raw_bytes},
     record::{
-        FORMAT_VERSION, RecordError, RecordHeader, Recorder, Replay, ReplayError, ReplayItem,
+        FORMAT_VERSION, MAX_LINE_BYTES, RecordError, RecordHeader, Recorder, Replay, ReplayError, ReplayItem,
     },
 };
 
@@ -427,10 +427,65 @@ fn bad_lines_are_reported_and_skipped() {
 }
 
 #[test]
-fn unreadable_input_ends_the_replay() {
+fn a_line_that_is_not_utf8_is_reported_and_skipped() {
     let mut text = header_line().into_bytes();
-    text.extend_from_slice(b"\n\xff\xfe\n{\"type\":\"tick\",\"mono_ns\":1}\n");
+    text.extend_from_slice(b"\n{\"type\":\xff\xfe\n{\"type\":\"tick\",\"mono_ns\":1}\n");
     let results: Vec<_> = Replay::new(&text[..]).expect("header").collect();
+    assert_eq!(results.len(), 2);
+    assert!(
+        matches!(results[0], Err(ReplayError::NotUtf8 { line: 2, offset: 8 })),
+        "{:?}",
+        results[0]
+    );
+    assert!(matches!(results[1], Ok(ReplayItem::Tick(1))));
+}
+
+#[test]
+fn a_line_longer_than_the_limit_is_an_error_not_an_allocation() {
+    // 256 MiB without a newline, produced as it is read: only a bounded buffer may hold it.
+    const LONG: u64 = 1 << 28;
+    let mut head = header_line().into_bytes();
+    head.push(b'\n');
+    let tail = b"\n{\"type\":\"tick\",\"mono_ns\":7}\n";
+    let input = std::io::BufReader::new(
+        std::io::Read::chain(
+            std::io::Read::chain(&head[..], std::io::Read::take(std::io::repeat(b'a'), LONG)),
+            &tail[..],
+        ),
+    );
+    let results: Vec<_> = Replay::new(input).expect("header").collect();
+    assert_eq!(results.len(), 2);
+    match &results[0] {
+        Err(err @ ReplayError::LineTooLong { line: 2, limit }) => {
+            assert_eq!(*limit, MAX_LINE_BYTES);
+            assert_eq!(
+                err.to_string(),
+                format!("line 2: longer than {MAX_LINE_BYTES} bytes, not a line of a recording")
+            );
+        }
+        other => panic!("expected LineTooLong on line 2, got {other:?}"),
+    }
+    assert!(matches!(results[1], Ok(ReplayItem::Tick(7))));
+    let long_header = "x".repeat(MAX_LINE_BYTES + 1);
+    assert!(matches!(
+        Replay::new(long_header.as_bytes()),
+        Err(ReplayError::LineTooLong { line: 1, .. })
+    ));
+}
+
+#[test]
+fn unreadable_input_ends_the_replay() {
+    struct Failing;
+    impl std::io::Read for Failing {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::other("disk on fire"))
+        }
+    }
+    let mut head = header_line().into_bytes();
+    head.push(b'\n');
+    let input = std::io::BufReader::new(std::io::Read::chain(&head[..], Failing));
+    let results: Vec<_> = Replay::new(input).expect("header").collect();
     assert_eq!(results.len(), 1);
     assert!(matches!(results[0], Err(ReplayError::Io { line: 2, .. })));
+    assert!(results[0].as_ref().unwrap_err().to_string().contains("disk on fire"));
 }
