@@ -9,7 +9,8 @@ use keepalive_observer::{
     correlate::{Correlator, CorrelatorConfig, Finding, FindingKind, KeepaliveSysctls},
     event::{DecodeContext, DecodeError, raw_bytes},
     record::{
-        FORMAT_VERSION, MAX_LINE_BYTES, RecordError, RecordHeader, Recorder, Replay, ReplayError, ReplayItem,
+        FORMAT_VERSION, MAX_LINE_BYTES, RecordError, RecordHeader, Recorder, Replay, ReplayError,
+        ReplayItem,
     },
 };
 
@@ -447,12 +448,10 @@ fn a_line_longer_than_the_limit_is_an_error_not_an_allocation() {
     let mut head = header_line().into_bytes();
     head.push(b'\n');
     let tail = b"\n{\"type\":\"tick\",\"mono_ns\":7}\n";
-    let input = std::io::BufReader::new(
-        std::io::Read::chain(
-            std::io::Read::chain(&head[..], std::io::Read::take(std::io::repeat(b'a'), LONG)),
-            &tail[..],
-        ),
-    );
+    let input = std::io::BufReader::new(std::io::Read::chain(
+        std::io::Read::chain(&head[..], std::io::Read::take(std::io::repeat(b'a'), LONG)),
+        &tail[..],
+    ));
     let results: Vec<_> = Replay::new(input).expect("header").collect();
     assert_eq!(results.len(), 2);
     match &results[0] {
@@ -487,5 +486,11 @@ fn unreadable_input_ends_the_replay() {
     let results: Vec<_> = Replay::new(input).expect("header").collect();
     assert_eq!(results.len(), 1);
     assert!(matches!(results[0], Err(ReplayError::Io { line: 2, .. })));
-    assert!(results[0].as_ref().unwrap_err().to_string().contains("disk on fire"));
+    assert!(
+        results[0]
+            .as_ref()
+            .unwrap_err()
+            .to_string()
+            .contains("disk on fire")
+    );
 }

@@ -22,6 +22,9 @@ pub fn run() -> Result<()> {
     // as root they run too.
     let mut tests = cmd::cargo(host_toolchain())?;
     tests.args(["test", "--no-fail-fast"]);
+    // Each fuzz target (keepalive-user/tests/fuzz.rs) runs this long; a plain `cargo test`
+    // gives it 5 s.
+    tests.env("KAO_FUZZ_SECONDS", "30");
     if root {
         tests.args(["--", "--include-ignored"]);
     }
