@@ -11,6 +11,7 @@ use keepalive_observer::{
     },
     metrics::{Metrics, server::MetricsServer},
     notify,
+    queue::DropCounter,
     record::RecordHeader,
     recording::Recording,
     sink::{
@@ -28,7 +29,7 @@ use crate::{
 };
 
 /// Runs until interrupted; returns after detaching everything and printing the totals.
-pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+pub async fn run(args: RunArgs, stderr_dropped: DropCounter) -> anyhow::Result<()> {
     let clock = WallClock::now().context("reading the clocks")?;
     let mut observer = Observer::load(&LoadOptions {
         idle_floor: args.idle_floor,
@@ -42,6 +43,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         filter: args.filter(),
     })?;
     let (sinks, mut drops) = open_sinks(args.format, args.journald, args.journald_events, clock)?;
+    drops.watch("stderr", stderr_dropped);
     let sysctls = KeepaliveSysctls::read_host()?;
     let idle_expiry_floor_ms =
         u64::try_from(args.idle_expiry_floor.as_millis()).unwrap_or(u64::MAX);

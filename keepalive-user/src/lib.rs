@@ -13,3 +13,4 @@ pub mod recording;
 pub mod sink;
 pub mod sockets;
 pub mod state;
+pub mod stderr;

@@ -12,14 +12,24 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
-use keepalive_observer::sockets::{AuditOptions, Filter, Output};
+use keepalive_observer::{
+    sockets::{AuditOptions, Filter, Output},
+    stderr::QueuedStderr,
+};
 
 use crate::cli::{Cli, Command, Format, SocketsArgs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let stderr = match QueuedStderr::spawn() {
+        Ok(stderr) => stderr,
+        Err(error) => {
+            eprintln!("error: cannot start the thread writing to standard error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(stderr.clone())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
@@ -36,7 +46,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        None => runtime.block_on(daemon::run(cli.run)),
+        None => runtime.block_on(daemon::run(cli.run, stderr.dropped())),
         Some(Command::Replay {
             file,
             format,
@@ -45,6 +55,7 @@ fn main() -> ExitCode {
         Some(Command::Windows { state_dir, format }) => windows::run(&state_dir, format),
         Some(Command::Sockets(args)) => sockets(args),
     };
+    stderr.drain();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

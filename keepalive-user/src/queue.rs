@@ -11,7 +11,6 @@
 //! cannot hold up SIGTERM.
 
 use std::{
-    cell::Cell,
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicU64, Ordering},
@@ -20,6 +19,9 @@ use std::{
     thread,
     time::{Duration, Instant},
 };
+
+/// [`Queue::stalled_at`] while no wait gave up.
+const NOT_STALLED: u64 = u64::MAX;
 
 /// How many graces an output that goes on making progress gets at exit, at most.
 pub const MAX_GRACES: u32 = 10;
@@ -72,11 +74,12 @@ pub struct Queue<O: Output> {
     sender: Option<SyncSender<O::Message>>,
     shared: Arc<Shared<O::Error>>,
     dropped: DropCounter,
-    done: Receiver<()>,
+    /// Behind a lock only so that a queue can be shared between threads (standard error).
+    done: Mutex<Receiver<()>>,
     grace: Duration,
     /// Messages written when [`Queue::push_waiting`] last gave up on a stalled output: at
     /// close, no second grace is spent on it unless it moved since.
-    stalled_at: Cell<Option<u64>>,
+    stalled_at: AtomicU64,
 }
 
 impl<O: Output> Queue<O> {
@@ -110,9 +113,9 @@ impl<O: Output> Queue<O> {
             sender: Some(sender),
             shared,
             dropped: DropCounter::default(),
-            done,
+            done: Mutex::new(done),
             grace,
-            stalled_at: Cell::new(None),
+            stalled_at: AtomicU64::new(NOT_STALLED),
         })
     }
 
@@ -155,11 +158,23 @@ impl<O: Output> Queue<O> {
                 Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                     self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
                     self.dropped.add();
-                    self.stalled_at
-                        .set(Some(self.shared.written.load(Ordering::Relaxed)));
+                    self.stalled_at.store(
+                        self.shared.written.load(Ordering::Relaxed),
+                        Ordering::Relaxed,
+                    );
                     return;
                 }
             }
+        }
+    }
+
+    /// Waits until everything queued is written, while the output makes progress: for a
+    /// queue that is never closed (standard error's, owned by the global logger).
+    pub fn drain(&self) {
+        let mut progress = Progress::new(&self.shared, self.grace);
+        while self.shared.waiting.load(Ordering::Relaxed) > 0 && progress.goes_on() {
+            // No signal for "caught up" short of closing: look again shortly.
+            thread::sleep(self.grace / 10);
         }
     }
 
@@ -182,9 +197,10 @@ impl<O: Output> Drop for Queue<O> {
     fn drop(&mut self) {
         self.sender = None;
         let mut progress = Progress::new(&self.shared, self.grace);
-        let stalled = self.stalled_at.get() == Some(progress.last_written);
+        let stalled = self.stalled_at.load(Ordering::Relaxed) == progress.last_written;
+        let done = self.done.get_mut().unwrap_or_else(PoisonError::into_inner);
         loop {
-            match self.done.recv_timeout(self.grace / 10) {
+            match done.recv_timeout(self.grace / 10) {
                 Err(RecvTimeoutError::Timeout) if !stalled && progress.goes_on() => {}
                 Err(RecvTimeoutError::Timeout) => {
                     tracing::warn!(
@@ -339,7 +355,12 @@ mod tests {
         queue.push(u32::MAX);
         gate.send(()).unwrap();
         // The thread stops after a final error and says so.
-        assert_eq!(queue.done.recv_timeout(Duration::from_secs(5)), Ok(()));
+        let done = queue
+            .done
+            .lock()
+            .unwrap()
+            .recv_timeout(Duration::from_secs(5));
+        assert_eq!(done, Ok(()));
         let error = queue.take_error().expect("the error is kept");
         assert!(error.contains("went away"));
         queue.push(7);
