@@ -2,7 +2,7 @@
 //! that forgets flows idle for 3 s ⇄ server), one daemon learns the path's idle timeout from a
 //! connection that survives 1.5 s idle and one that dies after 4.5 s; a second daemon, started
 //! on the same state directory, puts that window in its very first finding, although it never
-//! saw the survival.
+//! saw the survival. And a corrupt state file is kept aside, never overwritten.
 
 mod common;
 
@@ -148,4 +148,37 @@ fn assert_near(ms: u64, slept: Duration, finding: &Value) {
         ms + IDLE_TOLERANCE_MS >= slept && ms <= slept + IDLE_TOLERANCE_MS,
         "{ms} ms, slept {slept} ms: {finding:#}"
     );
+}
+
+#[test]
+#[ignore = "needs root (eBPF programs): `cargo xtask test` runs it as root"]
+fn a_corrupt_state_file_is_kept_aside_and_the_daemon_starts_with_nothing_learned() {
+    require_root("a_corrupt_state_file_is_kept_aside_and_the_daemon_starts_with_nothing_learned");
+    let state_dir = StateDir(std::env::temp_dir().join(format!(
+        "keepalive-observer-corrupt-state-{}",
+        std::process::id()
+    )));
+    std::fs::create_dir_all(&state_dir.0).expect("the state directory");
+    let garbage = br#"{"format":"keepalive-observer state","version":1,"destinations":[{"#;
+    std::fs::write(state_dir.0.join(FILE_NAME), garbage).expect("a corrupt state file");
+
+    let daemon = Daemon::start_with_state(DAEMON_ARGS, &state_dir.0);
+    let said = daemon.ready()["learned_state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let (status, _) = daemon.stop();
+    assert!(status.success(), "{status}");
+    assert!(said.contains(" 0 destination(s)"), "{said}");
+    let aside: Vec<PathBuf> = std::fs::read_dir(&state_dir.0)
+        .expect("list the state directory")
+        .map(|entry| entry.expect("an entry").path())
+        .filter(|path| path.to_string_lossy().contains("state.json.unusable-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert!(said.contains(&aside[0].display().to_string()), "{said}");
+    assert_eq!(std::fs::read(&aside[0]).expect("the kept file"), garbage);
+    // The daemon wrote a good file of its own at exit, beside the kept one.
+    let fresh = state::load(&state_dir.0.join(FILE_NAME)).expect("a good file");
+    assert!(fresh.is_some());
 }
