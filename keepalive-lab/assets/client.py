@@ -10,14 +10,20 @@ With `--keepalive-idle` every socket gets SO_KEEPALIVE and TCP_KEEPIDLE; with `-
 background thread closes pooled connections idle longer than that, like Apache HttpClient's
 evictIdleConnections.
 
-Prints one JSON object per line on stdout: `config`, then `request` (one per HTTP request) and
-`evicted`, then `done`.
+With `--audit-lead S`, `audit-lead` seconds before each job whose pause is longer than that, it
+prints `step` and waits for a line on stdin (the lab audits the pool's sockets meanwhile), then
+sends the job when its pause is over; a step whose pause is shorter is announced with
+`"audit": false` and not waited for.
+
+Prints one JSON object per line on stdout: `config`, then `request` (one per HTTP request),
+`step` and `evicted`, then `done`.
 """
 
 import argparse
 import errno
 import json
 import queue
+import select
 import socket
 import sys
 import threading
@@ -34,6 +40,8 @@ READ_TIMEOUT_S = 5.0
 KEEPALIVE_INTERVAL_S = 1
 KEEPALIVE_COUNT = 3
 EVICT_CHECK_S = 0.1
+# How long a step waits for the lab's go before sending anyway.
+AUDIT_WAIT_S = 30.0
 
 
 # Requests and the evictor take turns on the pool, and on stdout.
@@ -157,6 +165,23 @@ def request(pool, job, attempt, pause_s):
     return fields["ok"]
 
 
+def pause_before(job, pause, audit_lead):
+    """Sleeps `pause`; with an audit lead, lets the lab audit the pool before its end."""
+    end = time.monotonic() + pause
+    if audit_lead is None:
+        time.sleep(pause)
+        return
+    audited = pause > audit_lead
+    if audited:
+        time.sleep(pause - audit_lead)
+    emit("step", job=job, pause_s=pause, audit=audited)
+    if audited:
+        ready, _, _ = select.select([sys.stdin], [], [], AUDIT_WAIT_S)
+        if ready:
+            sys.stdin.readline()
+    time.sleep(max(0.0, end - time.monotonic()))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", required=True)
@@ -165,6 +190,7 @@ def main():
     parser.add_argument("--user-timeout-ms", type=int, required=True)
     parser.add_argument("--keepalive-idle", type=int, help="SO_KEEPALIVE with this TCP_KEEPIDLE")
     parser.add_argument("--evict-idle", type=float, help="evict connections idle this long")
+    parser.add_argument("--audit-lead", type=float, help="announce each step this early")
     args = parser.parse_args()
     pauses = [float(p) for p in args.ladder.split(",")]
 
@@ -204,7 +230,7 @@ def main():
     try:
         request(pool, 0, 1, None)
         for job, pause in enumerate(pauses, start=1):
-            time.sleep(pause)
+            pause_before(job, pause, args.audit_lead)
             if not request(pool, job, 1, pause):
                 request(pool, job, 2, 0.0)
     finally:

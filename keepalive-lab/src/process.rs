@@ -3,7 +3,7 @@
 use std::{
     io,
     os::unix::process::CommandExt,
-    process::{Child, ChildStderr, ChildStdout, Command, ExitStatus},
+    process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus},
     thread,
     time::{Duration, Instant},
 };
@@ -59,6 +59,11 @@ impl ChildGuard {
     /// The child's PID, also its process group id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Takes the child's standard input, if it was piped and not taken before.
+    pub fn take_stdin(&mut self) -> Option<ChildStdin> {
+        self.child.stdin.take()
     }
 
     /// Takes the child's standard output, if it was piped and not taken before.

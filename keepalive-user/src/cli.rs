@@ -62,6 +62,9 @@ pub struct SocketsArgs {
     /// is learned yet; repeatable.
     #[arg(long = "window", value_name = "DEST=SECONDS")]
     pub windows: Vec<GivenWindow>,
+    /// The daemon's state directory, for the windows it learned.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
     /// Only connections to this remote (`ip` or `ip:port`).
     #[arg(long, value_name = "ADDR")]
     pub remote: Option<RemoteFilter>,

@@ -69,6 +69,7 @@ fn sockets(args: SocketsArgs) -> anyhow::Result<()> {
     let options = AuditOptions {
         netns: args.netns,
         windows: args.windows,
+        state_dir: args.state_dir,
         filter: Filter {
             remote: args.remote,
             port: args.port,

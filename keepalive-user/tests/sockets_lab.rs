@@ -13,12 +13,14 @@ mod common;
 use std::{
     io::{self, Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
+    path::PathBuf,
     process::Command,
+    sync::atomic::{AtomicU32, Ordering},
     thread,
     time::Duration,
 };
 
-use common::require_root;
+use common::{Daemon, require_root};
 use keepalive_lab::{
     EchoServer, Keepalive, Middlebox, MiddleboxMode, Netns, Topology, in_netns, read_retrying,
     set_keepalive,
@@ -32,9 +34,13 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// that outlasts it.
 const CT_TIMEOUT_SECS: u32 = 3;
 const IDLE_GAP: Duration = Duration::from_millis(4500);
+/// An idle gap the middlebox lets through.
+const SURVIVED_GAP: Duration = Duration::from_millis(1500);
 
 struct Lab {
     topology: Topology,
+    /// An empty state directory: only the given windows count, whatever the host learned.
+    nothing_learned: StateDir,
 }
 
 impl Lab {
@@ -47,7 +53,10 @@ impl Lab {
             })
             .build()
             .expect("build the lab");
-        Lab { topology }
+        Lab {
+            topology,
+            nothing_learned: StateDir::new("none"),
+        }
     }
 
     fn server_addr(&self) -> SocketAddr {
@@ -77,9 +86,15 @@ impl Lab {
     /// `sockets --netns NS --window DEST=3 --format json`, parsed; the connections only.
     fn audit(&self, netns: &Netns, window: &str) -> Vec<SocketLine> {
         let window = format!("{window}={CT_TIMEOUT_SECS}");
+        let state_dir = self.nothing_learned.arg();
+        self.audit_with(netns, &["--window", &window, "--state-dir", state_dir])
+    }
+
+    /// `sockets --netns NS --format json ARGS`, parsed; the connections only.
+    fn audit_with(&self, netns: &Netns, args: &[&str]) -> Vec<SocketLine> {
         let output = Command::new(env!("CARGO_BIN_EXE_keepalive-observer"))
             .args(["sockets", "--format", "json", "--netns", netns.name()])
-            .args(["--window", window.as_str()])
+            .args(args)
             .output()
             .expect("run keepalive-observer sockets");
         let stdout = String::from_utf8_lossy(&output.stdout);
@@ -282,6 +297,87 @@ fn an_accepted_connection_whose_client_vanished_is_an_orphan_suspect() {
     drop(server);
 }
 
+/// A state directory for one test alone, removed at the end.
+struct StateDir(PathBuf);
+
+impl StateDir {
+    fn new(what: &str) -> StateDir {
+        static SEQUENCE: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "keepalive-observer-sockets-{what}-{}-{}",
+            std::process::id(),
+            SEQUENCE.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("create the state directory");
+        StateDir(dir)
+    }
+
+    fn arg(&self) -> &str {
+        self.0.to_str().expect("a UTF-8 temporary directory")
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+#[ignore = "needs root (eBPF programs, network namespaces): `cargo xtask test` runs it as root"]
+fn the_window_the_daemon_learned_judges_the_pool_without_any_given_window() {
+    require_root("the_window_the_daemon_learned_judges_the_pool_without_any_given_window");
+    let lab = Lab::new();
+    let _echo = lab.echo();
+    let state = StateDir::new("learned");
+    let mut daemon = Daemon::start_with_state(&["--idle-expiry-floor", "2"], &state.0);
+    let mut teacher = lab.connect(None);
+    let mut pooled = lab.connect(None);
+    round_trip(&mut pooled, b"pooled").expect("the pooled connection's request");
+    round_trip(&mut teacher, b"first").expect("the first request");
+    thread::sleep(SURVIVED_GAP);
+    round_trip(&mut teacher, b"survives").expect("an idle gap below the timeout survives");
+    thread::sleep(IDLE_GAP);
+    let error = round_trip(&mut teacher, b"dies").expect_err("the middlebox forgot the flow");
+    assert_eq!(error.kind(), io::ErrorKind::ConnectionReset, "{error}");
+    let local = teacher.local_addr().expect("local address").to_string();
+    daemon.wait_for("the finding that teaches the window", IO_TIMEOUT, |v| {
+        v["type"] == "finding" && v["local"] == local.as_str()
+    });
+    let (status, _) = daemon.stop();
+    assert!(
+        status.success(),
+        "the daemon saves its state at exit: {status}"
+    );
+
+    let client = lab.topology.client().netns();
+    let pooled_addr = pooled.local_addr().expect("local address");
+    let lines = lab.audit_with(client, &["--state-dir", state.arg()]);
+    let line = line_of(&lines, pooled_addr);
+    assert_eq!(
+        (line.risk, line.code.as_str()),
+        (Risk::WillReset, "idle_past_bound"),
+        "{line:#?}"
+    );
+    let window = line.window.as_ref().expect("the learned window");
+    assert_eq!(window.source, "learned", "{line:#?}");
+    let survived = u64::try_from(SURVIVED_GAP.as_millis()).expect("fits");
+    assert!(window.bound_ms.abs_diff(survived) <= 300, "{line:#?}");
+    assert!(
+        window.upper_ms.is_some_and(|hi| hi > window.bound_ms),
+        "{line:#?}"
+    );
+
+    let nothing = StateDir::new("empty");
+    let lines = lab.audit_with(client, &["--state-dir", nothing.arg()]);
+    let line = line_of(&lines, pooled_addr);
+    assert_eq!(
+        (line.risk, line.code.as_str()),
+        (Risk::Ok, "no_window"),
+        "{line:#?}"
+    );
+}
+
 #[test]
 fn an_unknown_namespace_is_a_clear_error() {
     let output = Command::new(env!("CARGO_BIN_EXE_keepalive-observer"))
@@ -294,6 +390,20 @@ fn an_unknown_namespace_is_a_clear_error() {
         stderr.contains("unknown network namespace `kao-no-such-namespace`"),
         "{stderr}"
     );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn a_corrupt_state_file_is_a_clear_error() {
+    let state = StateDir::new("corrupt");
+    std::fs::write(state.0.join("state.json"), "{ not json").expect("write the state file");
+    let output = Command::new(env!("CARGO_BIN_EXE_keepalive-observer"))
+        .args(["sockets", "--state-dir", state.arg()])
+        .output()
+        .expect("run keepalive-observer sockets");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("state.json is corrupt"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 

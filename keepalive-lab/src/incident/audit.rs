@@ -1,6 +1,8 @@
 //! The socket audit before each ladder step: `keepalive-observer sockets` on the client's
-//! namespace, for the pool's connections to the VIP, shortly before the client uses its pooled
-//! connection again. It says which connection will be reset before the request shows it.
+//! namespace, for the pool's connections to the VIP, while the client waits at the end of its
+//! pause before using its pooled connection again (it announces the step and waits for a go), against the window the observer learned so far (its state file) or,
+//! while nothing is learned, the configured timeout. It says which connection will be reset
+//! before the request shows it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,39 +14,13 @@ use keepalive_schema::socket::{SocketLine, SocketsLine};
 
 /// How long before a step the audit starts, at least: it loads BTF and an iterator program.
 const MIN_LEAD: Duration = Duration::from_millis(800);
-/// Margin over the slowest audit so far.
+/// Margin over the slowest audit so far: half of it again, and this.
 const MARGIN: Duration = Duration::from_millis(300);
 
 /// Runs the audit and learns how long it takes.
 pub struct Audit {
     binary: PathBuf,
     slowest: Duration,
-}
-
-/// The window the audit judges against.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum AuditWindow {
-    /// The lower bound of the window the observer learned, seconds.
-    Learned(f64),
-    /// Nothing learned yet: the middlebox's configured timeout, seconds.
-    Configured(u32),
-}
-
-impl AuditWindow {
-    fn seconds(self) -> f64 {
-        match self {
-            Self::Learned(s) => s,
-            Self::Configured(s) => f64::from(s),
-        }
-    }
-
-    /// How the lab names it.
-    pub fn describe(self) -> String {
-        match self {
-            Self::Learned(s) => format!("{s:.2} s learned by the observer"),
-            Self::Configured(s) => format!("{s} s configured (nothing learned yet)"),
-        }
-    }
 }
 
 impl Audit {
@@ -55,23 +31,29 @@ impl Audit {
         }
     }
 
-    /// How long before a step to start the audit so that it ends before the step.
+    /// How long before a step to start the audit so that it ends before the step: a
+    /// slower audit delays the step (the client waits for it), a step whose pause is shorter
+    /// goes without.
     pub fn lead(&self) -> Duration {
-        (self.slowest + MARGIN).max(MIN_LEAD)
+        (self.slowest + self.slowest / 2 + MARGIN).max(MIN_LEAD)
     }
 
-    /// The pool's connections to `vip` in namespace `netns`, judged against `window`.
+    /// The pool's connections to `vip` in namespace `netns`, judged against the window the
+    /// observer learned (its state in `state_dir`), else the configured `timeout_s`.
     pub fn run(
         &mut self,
         netns: &str,
         vip: SocketAddr,
-        window: AuditWindow,
+        state_dir: &Path,
+        timeout_s: u32,
     ) -> Result<Vec<SocketLine>> {
         let started = Instant::now();
-        let window = format!("{vip}={:.3}", window.seconds());
+        let window = format!("{vip}={timeout_s}");
         let output = Command::new(&self.binary)
             .args(["sockets", "--format", "json", "--netns", netns])
             .args(["--remote", &vip.to_string(), "--window", &window])
+            .arg("--state-dir")
+            .arg(state_dir)
             .output()
             .with_context(|| format!("cannot run {} sockets", self.binary.display()))?;
         self.slowest = self.slowest.max(started.elapsed());
@@ -110,8 +92,15 @@ pub fn describe(socket: &SocketLine) -> String {
         Some(_) => "keepalive off".to_owned(),
         None => "keepalive unknown".to_owned(),
     };
+    let window = match &socket.window {
+        Some(w) if w.source == "learned" => {
+            format!(", window {:.2} s learned", w.bound_ms as f64 / 1000.0)
+        }
+        Some(w) => format!(", window {:.0} s configured", w.bound_ms as f64 / 1000.0),
+        None => String::new(),
+    };
     format!(
-        "{} {}, {idle}, {keepalive}: {} ({})",
+        "{} {}, {idle}, {keepalive}{window}: {} ({})",
         socket.local, socket.state, socket.risk, socket.code
     )
 }

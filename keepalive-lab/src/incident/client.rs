@@ -2,9 +2,10 @@
 //! the client's namespace, one JSON object per line on stdout.
 
 use std::fs::File;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::{ChildStdin, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,9 @@ pub enum Line {
     Request(Request),
     /// The pool closed a connection that had been idle too long (the eviction fix).
     Evicted { local: Option<String>, idle_s: f64 },
+    /// Job `job` comes at the end of its pause; with `audit`, the client waits for
+    /// [`Client::go`] first.
+    Step { job: u32, pause_s: f64, audit: bool },
     /// The ladder is over.
     Done,
 }
@@ -129,16 +133,20 @@ impl Applied {
 /// A running client; killed when dropped.
 pub struct Client {
     guard: Option<ChildGuard>,
+    stdin: Option<ChildStdin>,
     stderr: PathBuf,
 }
 
 impl Client {
-    /// Starts the client in `netns` against `target` with `ladder`, and starts reading its lines.
+    /// Starts the client in `netns` against `target` with `ladder`, and starts reading its
+    /// lines. With `audit_lead` it announces each step that long before it and waits for
+    /// [`Client::go`].
     pub fn start(
         netns: &Netns,
         target: SocketAddr,
         ladder: &[f64],
         applied: Option<Applied>,
+        audit_lead: Option<Duration>,
         stderr: &Path,
         events: &Events,
     ) -> Result<Client> {
@@ -161,8 +169,11 @@ impl Client {
             }
             None => {}
         }
+        if let Some(lead) = audit_lead {
+            command.args(["--audit-lead", &format!("{:.3}", lead.as_secs_f64())]);
+        }
         command
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(log);
         println!("  $ {}", crate::cmd::describe(&command, None));
@@ -170,11 +181,25 @@ impl Client {
         let stdout = guard
             .take_stdout()
             .context("the client's standard output is not piped")?;
+        let stdin = guard.take_stdin();
         events.read_lines(Source::Client, stdout, parse)?;
         Ok(Client {
             guard: Some(guard),
+            stdin,
             stderr: stderr.to_owned(),
         })
+    }
+
+    /// Lets a step the client announced with `audit` go ahead.
+    pub fn go(&mut self) -> Result<()> {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .context("the client's standard input is not piped")?;
+        stdin
+            .write_all(b"go\n")
+            .and_then(|()| stdin.flush())
+            .context("cannot tell the client to go on")
     }
 
     /// Waits for the client to exit, once its output has closed, and returns its status; stops
@@ -246,6 +271,14 @@ mod tests {
         assert!(matches!(
             parse(r#"{"type": "done"}"#),
             Ok(Some(Msg::Client(Line::Done)))
+        ));
+        assert!(matches!(
+            parse(r#"{"type": "step", "job": 4, "pause_s": 5.5, "audit": true}"#),
+            Ok(Some(Msg::Client(Line::Step {
+                job: 4,
+                audit: true,
+                ..
+            })))
         ));
         assert!(parse(r#"{"type": "surprise"}"#).is_err());
     }

@@ -41,11 +41,12 @@ pub struct Observer {
 }
 
 impl Observer {
-    /// Starts `binary` and waits for its `ready` line; `stderr` receives its standard error,
-    /// `events` every line after `ready`.
+    /// Starts `binary` and waits for its `ready` line; it keeps what it learns in
+    /// `state_dir`, `stderr` receives its standard error, `events` every line after `ready`.
     pub fn start(
         binary: &Path,
         idle_expiry_floor_s: u32,
+        state_dir: &Path,
         stderr: &Path,
         events: &Events,
     ) -> Result<(Observer, Ready)> {
@@ -56,6 +57,10 @@ impl Observer {
                 "--stats-interval".to_owned(),
                 STATS_INTERVAL.as_secs().to_string(),
             ])
+            // Saved every second, for the audit before each ladder step to read what was
+            // learned.
+            .args(["--state-interval", "1"])
+            .state_dir(state_dir)
             .stderr_file(stderr)
             .ready_timeout(READY_TIMEOUT)
             .stop_timeout(STOP_GRACE)

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use keepalive_schema::finding::FindingKind;
 
-use super::audit::{self, Audit, AuditWindow};
+use super::audit::{self, Audit};
 use super::client::{Applied, Client, Line, Request};
 use super::events::{Events, Msg, Source};
 use super::files::{WorkDir, check_programs, remove_stale_workdirs};
@@ -48,9 +48,11 @@ pub fn run(args: &LabArgs, ladder: &[f64], observer_binary: &Path) -> Result<Sum
         args.timeout
     );
     let floor = args.timeout - 1;
+    let state_dir = workdir.path.join("observer-state");
     let (mut observer, ready) = Observer::start(
         observer_binary,
         floor,
+        &state_dir,
         &workdir.path.join("observer.stderr"),
         &events,
     )?;
@@ -91,23 +93,14 @@ pub fn run(args: &LabArgs, ladder: &[f64], observer_binary: &Path) -> Result<Sum
             ),
         };
         println!("\n== {}/{}  {title}", index + 1, specs.len());
-        // The audit judges against what the observer learned so far, else the configured
-        // timeout.
-        let window = phases
-            .iter()
-            .rev()
-            .find_map(|phase| phase.window_ms)
-            .map_or(AuditWindow::Configured(args.timeout), |(lo, _)| {
-                AuditWindow::Learned(lo as f64 / 1000.0)
-            });
         let phase = PhaseRun::new(site, *spec, applied, observer.lost).run(
             &events,
             &mut observer,
+            ladder,
             Auditing {
                 audit: &mut audit,
-                window,
-                ladder,
-                due: None,
+                state_dir: &state_dir,
+                timeout_s: args.timeout,
             },
             &workdir.path.join(format!("client-{index}.stderr")),
         )?;
@@ -164,33 +157,10 @@ fn apply(fix: Fix, window_ms: Option<(u64, u64)>) -> Result<Applied> {
 /// The audit of the pool before each step of one run of the ladder.
 struct Auditing<'a> {
     audit: &'a mut Audit,
-    window: AuditWindow,
-    ladder: &'a [f64],
-    /// When the next audit starts, and the job it comes before.
-    due: Option<(Instant, u32)>,
-}
-
-impl Auditing<'_> {
-    /// After a request of job `n`: job `n + 1` follows the pause `ladder[n]`, and the audit
-    /// starts its lead before it. Returns why there is no audit when the pause is shorter than
-    /// an audit takes.
-    fn schedule_after(&mut self, job: u32) -> Option<String> {
-        self.due = None;
-        let pause = *usize::try_from(job).ok().and_then(|n| self.ladder.get(n))?;
-        let pause = Duration::from_secs_f64(pause);
-        let lead = self.audit.lead();
-        if pause <= lead {
-            return Some(format!(
-                "no audit before job {}: its {:.1} s pause is shorter than an audit takes \
-                 ({:.1} s)",
-                job + 1,
-                pause.as_secs_f64(),
-                lead.as_secs_f64()
-            ));
-        }
-        self.due = Some((Instant::now() + pause - lead, job + 1));
-        None
-    }
+    /// The observer's state directory, with what it learned.
+    state_dir: &'a Path,
+    /// The configured timeout, the window while nothing is learned.
+    timeout_s: u32,
 }
 
 /// One run of the ladder: prints outcomes and findings as they come and gathers them.
@@ -232,44 +202,42 @@ impl<'a> PhaseRun<'a> {
         mut self,
         events: &Events,
         observer: &mut Observer,
+        ladder: &[f64],
         mut auditing: Auditing,
         stderr: &Path,
     ) -> Result<Phase> {
-        let ladder = auditing.ladder;
         let pauses: f64 = ladder.iter().sum();
         let attempts = u32::try_from(2 * (ladder.len() + 1)).unwrap_or(u32::MAX);
         let budget = Duration::from_secs_f64(pauses) + REQUEST_BOUND * attempts + PHASE_SLACK;
         // Before the pool opens: there is nothing to judge yet, but the audit learns how long
-        // it takes, hence how early before each step it has to start.
+        // it takes, hence how early before each step the client announces it.
         self.audit(&mut auditing, 0);
         let mut client = Client::start(
             self.site.topology.client().netns(),
             self.site.vip(),
             ladder,
             self.applied,
+            Some(auditing.audit.lead()),
             stderr,
             events,
         )?;
         self.started = Instant::now();
         let deadline = self.started + budget;
         while !self.closed {
-            let mut tick = (Instant::now() + HOLD / 4).min(deadline);
-            if let Some((due, job)) = auditing.due {
-                if due <= Instant::now() {
-                    auditing.due = None;
-                    self.audit(&mut auditing, job);
-                    continue;
-                }
-                tick = tick.min(due);
-            }
+            let tick = (Instant::now() + HOLD / 4).min(deadline);
             match events.next(tick)? {
-                Some(Msg::Client(Line::Request(request))) => {
-                    let skipped = auditing.schedule_after(request.job);
-                    self.handle(Msg::Client(Line::Request(request)), observer)?;
-                    if let Some(skipped) = skipped {
-                        println!("  {}  {skipped}", self.clock());
-                    }
+                Some(Msg::Client(Line::Step {
+                    job, audit: true, ..
+                })) => {
+                    self.audit(&mut auditing, job);
+                    client.go()?;
                 }
+                Some(Msg::Client(Line::Step { job, pause_s, .. })) => println!(
+                    "  {}  no audit before job {job}: its {pause_s:.1} s pause is shorter than \
+                     an audit takes ({:.1} s)",
+                    self.clock(),
+                    auditing.audit.lead().as_secs_f64()
+                ),
                 Some(msg) => self.handle(msg, observer)?,
                 None if Instant::now() >= deadline => bail!(
                     "the client did not finish its ladder within {} s; its standard error:\n{}",
@@ -315,23 +283,15 @@ impl<'a> PhaseRun<'a> {
 
     /// Prints the audit's verdict for each of the pool's connections before `job`.
     fn audit(&self, auditing: &mut Auditing, job: u32) {
-        // What the observer learned in this run so far comes first.
-        if let Some((lo, _)) = self
-            .findings
-            .iter()
-            .rev()
-            .filter(|finding| finding.remote == self.site.vip())
-            .find_map(|finding| finding.timeout_window_ms)
-        {
-            auditing.window = AuditWindow::Learned(lo as f64 / 1000.0);
-        }
         let netns = self.site.topology.client().netns().name();
-        let before = format!(
-            "  {}  audit before job {job} (window {})",
-            self.clock(),
-            auditing.window.describe()
+        let before = format!("  {}  audit before job {job}", self.clock());
+        let sockets = auditing.audit.run(
+            netns,
+            self.site.vip(),
+            auditing.state_dir,
+            auditing.timeout_s,
         );
-        match auditing.audit.run(netns, self.site.vip(), auditing.window) {
+        match sockets {
             Ok(sockets) if sockets.is_empty() => println!("{before}: no pooled connection"),
             Ok(sockets) => {
                 for socket in &sockets {
@@ -396,6 +356,8 @@ impl<'a> PhaseRun<'a> {
                 self.clock(),
                 local.as_deref().unwrap_or("a connection")
             ),
+            // The run loop audits and lets the client go on; nothing else waits for a step.
+            Msg::Client(Line::Step { .. }) => {}
             Msg::Client(Line::Done) => self.done = true,
             Msg::Closed(Source::Client) => self.closed = true,
             Msg::Closed(Source::Observer) => bail!("{}", observer.exited()),

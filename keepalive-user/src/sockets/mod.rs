@@ -5,6 +5,7 @@
 
 pub mod diag;
 pub mod iter;
+pub mod learned;
 pub mod model;
 pub mod netns;
 pub mod owners;
@@ -16,15 +17,18 @@ use std::{
     collections::{HashMap, HashSet},
     io::{self, Write},
     net::{IpAddr, SocketAddr},
+    os::fd::AsRawFd as _,
+    path::PathBuf,
     time::Duration,
 };
 
 use keepalive_common::SocketAudit;
-use keepalive_schema::socket::Risk;
+use keepalive_schema::{socket::Risk, state::StateError};
 
 use self::{
     diag::{DiagError, Dump},
     iter::{IterError, SocketIterator},
+    learned::Learned,
     model::{Connection, DiagSocket, KeepaliveSysctls},
     netns::{Namespace, NetnsError},
     report::Judged,
@@ -46,6 +50,9 @@ pub enum AuditError {
     /// inet_diag could not be read.
     #[error(transparent)]
     Diag(#[from] DiagError),
+    /// The daemon's state file could not be read.
+    #[error(transparent)]
+    State(#[from] StateError),
     /// A keepalive sysctl of a namespace could not be read.
     #[error("reading {path}: {why}")]
     Sysctl {
@@ -128,6 +135,8 @@ pub struct AuditOptions {
     pub netns: Option<String>,
     /// Windows given on the command line.
     pub windows: Vec<GivenWindow>,
+    /// The daemon's state directory, for the windows it learned.
+    pub state_dir: PathBuf,
     /// Which connections to list.
     pub filter: Filter,
     /// The output format.
@@ -140,6 +149,8 @@ struct NamespaceReading {
     dump: Dump,
     audits: HashMap<u64, SocketAudit>,
     sysctls: KeepaliveSysctls,
+    /// The namespace's cookie (`SO_NETNS_COOKIE`), which the state file keys on.
+    cookie: Option<u64>,
 }
 
 /// Runs the audit and writes its output.
@@ -148,6 +159,7 @@ pub fn run(options: &AuditOptions, out: &mut impl Write) -> Result<(), AuditErro
         Some(given) => (vec![netns::named(given)?], true),
         None => (netns::all(), false),
     };
+    let learned = Learned::load(&options.state_dir)?;
     let mut iterator = SocketIterator::load()?;
     let mut readings = Vec::new();
     let mut incomplete = Vec::new();
@@ -159,14 +171,15 @@ pub fn run(options: &AuditOptions, out: &mut impl Write) -> Result<(), AuditErro
             // then reads from the socket to match the two.
             let dump = diag::dump()?;
             let audits = iter::read(link)?;
-            Ok((dump, audits, sysctls()?))
+            Ok((dump, audits, sysctls()?, netns_cookie()))
         });
         match reading {
-            Ok(Ok((dump, audits, sysctls))) => readings.push(NamespaceReading {
+            Ok(Ok((dump, audits, sysctls, cookie))) => readings.push(NamespaceReading {
                 namespace,
                 dump,
                 audits,
                 sysctls,
+                cookie,
             }),
             Ok(Err(error)) => return Err(error),
             // A namespace may vanish with its last process between listing and entering,
@@ -182,7 +195,6 @@ pub fn run(options: &AuditOptions, out: &mut impl Write) -> Result<(), AuditErro
         ));
     }
     let owners = owners::socket_owners();
-    let windows = Windows::new(Vec::new(), &options.windows);
     let hz = iterator.hz();
     let mut judged = Vec::new();
     for reading in &readings {
@@ -193,6 +205,10 @@ pub fn run(options: &AuditOptions, out: &mut impl Write) -> Result<(), AuditErro
                 reading.namespace.inode
             ));
         }
+        let windows = Windows::new(
+            learned.windows(reading.namespace.inode, reading.cookie),
+            &options.windows,
+        );
         judged.extend(
             connections(reading, &owners, &windows, hz)
                 .into_iter()
@@ -268,6 +284,25 @@ fn connections(
             }
         })
         .collect()
+}
+
+/// The calling thread's namespace's cookie, from a socket made in it (Linux 5.14 and later;
+/// `None` before, and then windows learned outside the host's namespace do not apply).
+fn netns_cookie() -> Option<u64> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+    let mut cookie = 0u64;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: the descriptor is open; `cookie` and `len` are valid for the kernel to write.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    (rc == 0).then_some(cookie)
 }
 
 /// The calling thread's namespace's keepalive sysctls (`/proc/sys/net` shows the namespace

@@ -67,31 +67,27 @@ impl FromStr for GivenWindow {
     }
 }
 
-/// Every window known: learned ones and given ones (a given one wins for its destination).
+/// Every window known: learned ones, and the given ones for what nothing was learned about.
 #[derive(Clone, Debug, Default)]
 pub struct Windows {
     entries: Vec<(Destination, Window)>,
 }
 
 impl Windows {
-    /// Adds learned windows, then the given ones over them.
+    /// Learned windows first: a given one only counts where nothing was learned.
     pub fn new(learned: Vec<(SocketAddr, Window)>, given: &[GivenWindow]) -> Self {
-        let mut entries: Vec<_> = given
-            .iter()
-            .map(|g| {
-                let window = Window {
-                    bound: g.timeout,
-                    upper: None,
-                    source: WindowSource::Given,
-                };
-                (g.destination, window)
-            })
+        let mut entries: Vec<_> = learned
+            .into_iter()
+            .map(|(remote, window)| (Destination::Service(remote), window))
             .collect();
-        entries.extend(
-            learned
-                .into_iter()
-                .map(|(remote, window)| (Destination::Service(remote), window)),
-        );
+        entries.extend(given.iter().map(|g| {
+            let window = Window {
+                bound: g.timeout,
+                upper: None,
+                source: WindowSource::Given,
+            };
+            (g.destination, window)
+        }));
         Self { entries }
     }
 
@@ -163,7 +159,7 @@ mod tests {
     }
 
     #[test]
-    fn a_service_window_wins_over_its_host_and_peers_take_the_longest() {
+    fn learned_wins_then_a_service_over_its_host_and_peers_take_the_longest() {
         let windows = Windows::new(
             vec![(
                 "198.51.100.100:80".parse().unwrap(),
@@ -176,6 +172,7 @@ mod tests {
             &[
                 "198.51.100.100=30".parse().unwrap(),
                 "198.51.100.100:8080=9".parse().unwrap(),
+                "198.51.100.100:80=5".parse().unwrap(),
             ],
         );
         let remote = |s: &str| windows.for_remote(s.parse().unwrap()).map(|w| w.bound);
