@@ -97,6 +97,7 @@ pub struct Metrics {
     undecodable: Counter,
     syn_refusals: Counter,
     context_failures: Counter,
+    filtered: Counter,
     output_dropped: Family<OutputLabels, Counter>,
     ring_used: Gauge,
     ring_peak: Gauge,
@@ -174,6 +175,11 @@ impl Metrics {
             "context_failures",
             "Connections the kernel programs could not keep a context for",
         );
+        let filtered = counter(
+            &mut registry,
+            "events_filtered",
+            "Records the kernel programs left out because of --remote, --port or --netns",
+        );
         let output_dropped = Family::<OutputLabels, Counter>::default();
         registry.register(
             "output_dropped",
@@ -224,6 +230,7 @@ impl Metrics {
             undecodable,
             syn_refusals,
             context_failures,
+            filtered,
             output_dropped,
             ring_used,
             ring_peak,
@@ -298,13 +305,14 @@ impl Metrics {
         self.window(finding.remote, window);
     }
 
-    /// The totals so far: what the kernel programs counted, what failed to decode, and what
-    /// the outputs dropped.
+    /// The totals so far: what the kernel programs counted (filtered out included), what failed
+    /// to decode, and what the outputs dropped.
     pub fn totals(&self, loss: &LossReport) {
         raise(&self.events_lost, loss.kernel_lost);
         raise(&self.undecodable, loss.decode_errors);
         raise(&self.syn_refusals, loss.syn_refusals);
         raise(&self.context_failures, loss.context_failures);
+        raise(&self.filtered, loss.filtered);
         for (&output, &dropped) in &loss.output_dropped {
             raise(
                 &self

@@ -68,6 +68,7 @@ fn a_stream_shows_up_in_the_exposition() {
         kernel_lost: 5,
         decode_errors: 1,
         syn_refusals: 7,
+        filtered: 40,
         output_dropped: [("journald", 12)].into(),
         ..LossReport::default()
     };
@@ -149,6 +150,7 @@ fn a_stream_shows_up_in_the_exposition() {
     assert_eq!(value("keepalive_observer_events_undecodable_total"), 1.0);
     assert_eq!(value("keepalive_observer_syn_refusals_total"), 7.0);
     assert_eq!(value("keepalive_observer_context_failures_total"), 0.0);
+    assert_eq!(value("keepalive_observer_events_filtered_total"), 40.0);
     assert_eq!(
         value("keepalive_observer_output_dropped_total{output=\"journald\"}"),
         12.0
