@@ -53,14 +53,15 @@ pub fn run(tools: &Tools) -> Result<Burst> {
     };
     println!(
         "  {} closes, {} refusals in {:.1} s: {} RSTs reported ({} records, {} refusals \
-         counted) of {out_rsts} sent, {} lost",
+         counted) of {out_rsts} sent, {} lost, {} dropped by the outputs",
         aborts.done,
         refusals.done,
         aborts.elapsed.as_secs_f64(),
         burst.reported(),
         daemon.events_by_kind.reset_sent,
         daemon.syn_refusals,
-        daemon.kernel_lost
+        daemon.kernel_lost,
+        daemon.output_dropped
     );
     Ok(burst)
 }

@@ -56,11 +56,13 @@ fn storm_run(settings: &Settings, tools: &Tools, nice: Option<i32>) -> Result<St
     let peak_rss_kib = host::status_kib(pid, "VmHWM")?;
     let stats = daemon.stop()?;
     println!(
-        "  nice {}: {:.0} resets/s, {} events, {} lost, daemon CPU {:.2} s",
+        "  nice {}: {:.0} resets/s, {} events, {} lost, {} dropped by the outputs, daemon CPU \
+         {:.2} s",
         nice.unwrap_or(0),
         resets.per_second(),
         stats.events,
         stats.kernel_lost,
+        stats.output_dropped,
         daemon_cpu.as_secs_f64()
     );
     Ok(StormRun {

@@ -28,6 +28,7 @@ mod error;
 mod launch;
 mod output;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus};
 use std::thread;
@@ -102,6 +103,16 @@ pub struct Stats {
     /// Records received, by kind.
     #[serde(default)]
     pub events_by_kind: EventsByKind,
+    /// Records the outputs (`stdout`, `journald`, `recording`, `stderr`) dropped because they
+    /// could not keep up, all together.
+    #[serde(default, deserialize_with = "sum_of_values")]
+    pub output_dropped: u64,
+}
+
+/// The sum of a JSON object's counts.
+fn sum_of_values<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    let counts = BTreeMap::<String, u64>::deserialize(deserializer)?;
+    Ok(counts.values().sum())
 }
 
 /// The record kinds a `stats` line counts.
@@ -331,7 +342,7 @@ mod tests {
     #[test]
     fn reads_stats_lines_only() {
         let stats: Value = serde_json::from_str(
-            r#"{"type":"stats","kernel_lost":3,"decode_errors":0,"events":10,"findings":2,"syn_refusals":4,"events_by_kind":{"reset_sent":7}}"#,
+            r#"{"type":"stats","kernel_lost":3,"decode_errors":0,"events":10,"findings":2,"syn_refusals":4,"events_by_kind":{"reset_sent":7},"output_dropped":{"stdout":5,"stderr":1}}"#,
         )
         .unwrap();
         assert_eq!(
@@ -345,6 +356,7 @@ mod tests {
                     reset_sent: 7,
                     ..EventsByKind::default()
                 },
+                output_dropped: 6,
             })
         );
         assert_eq!(
