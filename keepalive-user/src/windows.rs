@@ -3,6 +3,7 @@
 
 use std::{
     fmt::Write as _,
+    fs,
     io::{self, Write as _},
     path::Path,
 };
@@ -21,9 +22,12 @@ use crate::cli::Format;
 pub fn run(state_dir: &Path, format: Format) -> anyhow::Result<()> {
     let path = state_dir.join(FILE_NAME);
     let state = state::load(&path)?;
+    // Namespace cookies of an earlier boot name nothing now: the daemon does not restore them.
+    let this_boot = fs::read_to_string(BOOT_ID).unwrap_or_default();
+    let earlier_boot = |state: &State| state.boot_id != this_boot.trim();
     let text = match (&state, format) {
-        (Some(state), Format::Text) => text(state),
-        (Some(state), Format::Json) => json_lines(state)?,
+        (Some(state), Format::Text) => text(state, earlier_boot(state)),
+        (Some(state), Format::Json) => json_lines(state, earlier_boot(state))?,
         (None, Format::Text) => format!("nothing learned yet (no {})\n", path.display()),
         (None, Format::Json) => String::new(),
     };
@@ -33,11 +37,16 @@ pub fn run(state_dir: &Path, format: Format) -> anyhow::Result<()> {
         .context("writing to standard output")
 }
 
+/// Where the running kernel's boot id is.
+const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+
 /// One destination as `--format json` prints it.
 #[derive(Serialize)]
 struct WindowLine {
     destination: String,
     netns: Netns,
+    /// A namespace's cookie from an earlier boot: not restored at start.
+    earlier_boot: bool,
     /// `[lo, hi]`: the timeout is above `lo` and at most `hi`.
     window_ms: Option<[u64; 2]>,
     survived_ms: Option<u64>,
@@ -69,12 +78,13 @@ fn last_seen(destination: &Destination) -> String {
     format_rfc3339(i128::from(destination.last_seen_unix_ms) * 1_000_000)
 }
 
-fn json_lines(state: &State) -> anyhow::Result<String> {
+fn json_lines(state: &State, earlier_boot: bool) -> anyhow::Result<String> {
     let mut out = String::new();
     for destination in newest_first(state) {
         let line = WindowLine {
             destination: destination.remote.to_string(),
             netns: destination.netns,
+            earlier_boot: earlier_boot && destination.netns != Netns::Host,
             window_ms: destination.window_ms().map(|(lo, hi)| [lo, hi]),
             survived_ms: destination.survived_ms,
             died_ms: destination.died_ms,
@@ -99,7 +109,7 @@ fn seconds(ms: u64) -> String {
     format!("{:.2} s", ms as f64 / 1000.0)
 }
 
-fn text(state: &State) -> String {
+fn text(state: &State, earlier_boot: bool) -> String {
     let header = [
         "DESTINATION",
         "NETNS",
@@ -137,6 +147,9 @@ fn text(state: &State) -> String {
                 destination.remote.to_string(),
                 match destination.netns {
                     Netns::Host => "host".to_owned(),
+                    Netns::Cookie(cookie) if earlier_boot => {
+                        format!("cookie {cookie} (earlier boot)")
+                    }
                     Netns::Cookie(cookie) => format!("cookie {cookie}"),
                 },
                 window,
@@ -208,7 +221,7 @@ mod tests {
     #[test]
     fn text_lists_the_newest_first_with_the_known_default() {
         assert_eq!(
-            text(&state()),
+            text(&state(), false),
             "DESTINATION        NETNS        IDLE TIMEOUT            SURVIVALS  DEATHS  \
              LAST SEEN                 KNOWN DEFAULT\n\
              198.51.100.100:80  host         (1790.00 s, 1805.00 s]  3          2       \
@@ -216,12 +229,14 @@ mod tests {
              [fd6b:a1::2]:443   cookie 4099  above 9.00 s            1          0       \
              2025-11-24T16:00:00.000Z  -\n"
         );
-        assert!(text(&State::new("boot".to_owned(), 0)).ends_with("nothing learned yet\n"));
+        assert!(text(&State::new("boot".to_owned(), 0), false).ends_with("nothing learned yet\n"));
+        assert!(text(&state(), true).contains(" cookie 4099 (earlier boot) "));
+        assert!(text(&state(), true).contains(" host "));
     }
 
     #[test]
     fn json_has_one_line_per_destination() {
-        let lines = json_lines(&state()).unwrap();
+        let lines = json_lines(&state(), true).unwrap();
         let lines: Vec<serde_json::Value> = lines
             .lines()
             .map(|line| serde_json::from_str(line).unwrap())
@@ -232,6 +247,7 @@ mod tests {
             serde_json::json!({
                 "destination": "198.51.100.100:80",
                 "netns": "host",
+                "earlier_boot": false,
                 "window_ms": [1_790_000, 1_805_000],
                 "survived_ms": 1_790_000,
                 "died_ms": 1_805_000,
@@ -242,6 +258,7 @@ mod tests {
             })
         );
         assert_eq!(lines[1]["netns"], serde_json::json!({"cookie": 4099}));
+        assert_eq!(lines[1]["earlier_boot"], true);
         assert_eq!(lines[1]["window_ms"], serde_json::Value::Null);
     }
 }
