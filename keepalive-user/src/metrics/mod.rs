@@ -5,7 +5,9 @@
 //! counters end in `_total`. Labels take few values each: verdict, kind, confidence,
 //! direction, event kind, signal, and the destination of a learned window, capped to the
 //! `--metrics-destinations` most recently used ones. Never a pid, a command name, a port of
-//! this host or a 4-tuple: those are in the findings (logs), where they belong.
+//! this host or a 4-tuple: those are in the findings (logs), where they belong. With 17 kinds,
+//! 3 verdicts and 3 confidences that is at most about 450 series with 64 destinations, 2 more
+//! per destination.
 //!
 //! The metrics are fed on the reader's thread from the pipeline (one call per event, one per
 //! finding) and from the daemon's ticks (kernel counters, ring-buffer fill); encoding a scrape
