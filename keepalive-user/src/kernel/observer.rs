@@ -85,7 +85,7 @@ pub enum LoadError {
         source: aya::maps::MapError,
     },
     /// The ring buffer's positions could not be mapped for reading its fill.
-    #[error("mapping the ring buffer's positions (mmap): {0}")]
+    #[error("mapping the ring buffer's positions (mmap)")]
     RingPositions(#[source] io::Error),
     /// The ring buffer could not be registered with the async runtime.
     #[error("registering the ring buffer with the runtime: {0}")]

@@ -32,7 +32,7 @@ pub const MAX_CONNECTIONS: usize = 8;
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// The address could not be bound (in use, not local, no permission).
-    #[error("--metrics {addr}: cannot listen there: {source}")]
+    #[error("--metrics {addr}: cannot listen there")]
     Bind {
         /// The address asked for.
         addr: SocketAddr,
