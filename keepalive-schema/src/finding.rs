@@ -245,4 +245,35 @@ mod tests {
         }
         assert_eq!(Verdict::MiddleboxDrop.to_string(), "middlebox_drop");
     }
+
+    #[test]
+    fn facts_and_actions_are_codes_with_their_values() {
+        let fact = Fact::RstTtlCloser {
+            rst_ttl: 64,
+            peer_ttl: 63,
+            hops: 1,
+        };
+        assert_eq!(
+            serde_json::to_value(&fact).unwrap(),
+            serde_json::json!({"fact": "rst_ttl_closer", "rst_ttl": 64, "peer_ttl": 63, "hops": 1})
+        );
+        let missing = Fact::Missing {
+            missing: MissingFact::RstFlags,
+        };
+        assert_eq!(
+            serde_json::to_value(&missing).unwrap(),
+            serde_json::json!({"fact": "missing", "missing": "rst_flags"})
+        );
+        let action = Action::KeepaliveIdleBelow {
+            seconds: 4,
+            suggested: 2,
+        };
+        assert_eq!(
+            serde_json::to_value(&action).unwrap(),
+            serde_json::json!({"action": "keepalive_idle_below", "seconds": 4, "suggested": 2})
+        );
+        let back: Fact =
+            serde_json::from_value(serde_json::json!({"fact": "keepalive_off"})).unwrap();
+        assert_eq!(back, Fact::KeepaliveOff);
+    }
 }
