@@ -162,12 +162,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ready.kernel, "6.18");
-        // A finding as the real daemon printed it (the golden loopback recording's first).
+        // A finding as the real daemon printed it (the golden loopback recording's linger-0
+        // close).
         let golden = include_str!("../../../keepalive-schema/golden/loopback.findings.jsonl");
-        let finding = golden.lines().next().expect("a golden finding");
+        let finding = golden
+            .lines()
+            .find(|line| line.contains(r#""kind":"linger_zero""#))
+            .expect("a golden linger_zero finding");
         match parse(json(finding)) {
             Some(Msg::Finding(f)) => {
-                assert_eq!(f.kind.as_str(), "peer_abort");
+                assert_eq!(f.kind.as_str(), "linger_zero");
                 assert_eq!(f.remote.ip(), std::net::Ipv4Addr::LOCALHOST);
             }
             other => panic!("expected a finding, got {other:?}"),
