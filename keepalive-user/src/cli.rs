@@ -159,6 +159,10 @@ pub struct RunArgs {
     /// 127.0.0.1:9977; off unless given.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+    /// With --metrics: audit the host's sockets this often (seconds) for the gauges of
+    /// connections by risk (as `sockets` does; the first audit loads BTF and an iterator).
+    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_positive_seconds)]
+    pub sockets_interval: Duration,
     /// Destinations whose learned idle-timeout window gets a metric series of its own (the
     /// most recently used); the others are folded into destination="other".
     #[arg(long, value_name = "N", default_value_t = keepalive_observer::metrics::DEFAULT_DESTINATIONS,

@@ -9,7 +9,7 @@ use keepalive_observer::{
         hooks::{HookChoice, HookKind},
         observer::{LoadOptions, Observer},
     },
-    metrics::{Metrics, server::MetricsServer},
+    metrics::{ConnectionGauges, Metrics, server::MetricsServer},
     notify,
     queue::DropCounter,
     record::RecordHeader,
@@ -18,6 +18,7 @@ use keepalive_observer::{
         Fanout, HookLine, HookStatus, JournaldSink, JsonSink, QueuedSink, Sink, SinkError,
         StartupReport, TextSink, WallClock,
     },
+    sockets::{AuditOptions, Auditor, Filter},
 };
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -85,6 +86,11 @@ pub async fn run(args: RunArgs, stderr_dropped: DropCounter) -> anyhow::Result<(
     let report = startup_report(&observer, learned_state, args.filter().describe());
     if let Some(metrics) = pipeline.metrics() {
         metrics.startup(&report);
+        audit_sockets(
+            metrics.connection_gauges(),
+            args.state_dir.clone(),
+            args.sockets_interval,
+        )?;
     }
     update_metrics(&mut pipeline, &observer, &mut drops);
     pipeline.ready(&report)?;
@@ -154,6 +160,43 @@ pub async fn run(args: RunArgs, stderr_dropped: DropCounter) -> anyhow::Result<(
         Ok(()) | Err(PipelineError::Sink(SinkError::StdoutClosed)) => Ok(()),
         Err(error) => Err(error.into()),
     }
+}
+
+/// Audits the host's sockets every `interval` on a thread of its own (it blocks on netlink,
+/// the iterator and /proc, never the ring-buffer reader) and publishes the connections by
+/// risk. Each audit holds the host's connections in memory (a few hundred bytes each) until
+/// it is published.
+fn audit_sockets(
+    gauges: ConnectionGauges,
+    state_dir: std::path::PathBuf,
+    interval: std::time::Duration,
+) -> anyhow::Result<()> {
+    let options = AuditOptions {
+        netns: None,
+        windows: Vec::new(),
+        state_dir,
+        filter: Filter::default(),
+    };
+    std::thread::Builder::new()
+        .name("socket-audit".to_owned())
+        .spawn(move || {
+            let mut auditor = Auditor::default();
+            let mut failures: u64 = 0;
+            loop {
+                match auditor.audit(&options) {
+                    Ok(audited) => gauges.publish(&audited.judged),
+                    Err(error) => {
+                        failures += 1;
+                        if failures.is_power_of_two() {
+                            tracing::warn!("socket audit failed ({failures} time(s)): {error}");
+                        }
+                    }
+                }
+                std::thread::sleep(interval);
+            }
+        })
+        .context("starting the socket audit thread")?;
+    Ok(())
 }
 
 /// Binds the metrics endpoint and serves it from a task of this runtime.

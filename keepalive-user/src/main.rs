@@ -76,11 +76,11 @@ fn sockets(args: SocketsArgs) -> anyhow::Result<()> {
             process: args.process,
             risks: args.risk.into_iter().map(Into::into).collect(),
         },
-        output: match args.format {
-            Format::Text => Output::Table,
-            Format::Json => Output::Json,
-        },
     };
-    keepalive_observer::sockets::run(&options, &mut std::io::stdout().lock())?;
+    let output = match args.format {
+        Format::Text => Output::Table,
+        Format::Json => Output::Json,
+    };
+    keepalive_observer::sockets::run(&options, output, &mut std::io::stdout().lock())?;
     Ok(())
 }

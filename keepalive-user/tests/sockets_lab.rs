@@ -135,6 +135,23 @@ fn line_of(lines: &[SocketLine], local: SocketAddr) -> &SocketLine {
     mine[0]
 }
 
+/// The metrics page, over HTTP/1.0 (the server closes).
+fn scrape(addr: SocketAddr) -> String {
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, IO_TIMEOUT) else {
+        return String::new();
+    };
+    with_timeouts(&stream);
+    let mut response = String::new();
+    let sent = write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    if sent
+        .and_then(|()| stream.read_to_string(&mut response))
+        .is_err()
+    {
+        return String::new();
+    }
+    response
+}
+
 fn with_timeouts(stream: &TcpStream) {
     stream
         .set_read_timeout(Some(IO_TIMEOUT))
@@ -325,12 +342,28 @@ impl Drop for StateDir {
 
 #[test]
 #[ignore = "needs root (eBPF programs, network namespaces): `cargo xtask test` runs it as root"]
-fn the_window_the_daemon_learned_judges_the_pool_without_any_given_window() {
-    require_root("the_window_the_daemon_learned_judges_the_pool_without_any_given_window");
+fn the_window_the_daemon_learned_judges_the_pool_in_sockets_and_in_the_metrics() {
+    require_root("the_window_the_daemon_learned_judges_the_pool_in_sockets_and_in_the_metrics");
     let lab = Lab::new();
     let _echo = lab.echo();
     let state = StateDir::new("learned");
-    let mut daemon = Daemon::start_with_state(&["--idle-expiry-floor", "2"], &state.0);
+    let metrics = TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port");
+    let metrics_arg = metrics.to_string();
+    let mut daemon = Daemon::start_with_state(
+        &[
+            "--idle-expiry-floor",
+            "2",
+            "--state-interval",
+            "1",
+            "--metrics",
+            &metrics_arg,
+            "--sockets-interval",
+            "1",
+        ],
+        &state.0,
+    );
     let mut teacher = lab.connect(None);
     let mut pooled = lab.connect(None);
     round_trip(&mut pooled, b"pooled").expect("the pooled connection's request");
@@ -344,6 +377,22 @@ fn the_window_the_daemon_learned_judges_the_pool_without_any_given_window() {
     daemon.wait_for("the finding that teaches the window", IO_TIMEOUT, |v| {
         v["type"] == "finding" && v["local"] == local.as_str()
     });
+    // While it runs, the daemon audits the sockets every second against what it saved: the
+    // pooled connection shows in the gauges.
+    let series = format!(
+        "keepalive_observer_connections{{destination=\"{}\",risk=\"will_reset\"}}",
+        lab.server_addr()
+    );
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    let mut last = String::new();
+    while !last.lines().any(|line| line == format!("{series} 1")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {series} 1 in the metrics:\n{last}"
+        );
+        thread::sleep(Duration::from_millis(200));
+        last = scrape(metrics);
+    }
     let (status, _) = daemon.stop();
     assert!(
         status.success(),

@@ -322,7 +322,7 @@ impl Observer {
 }
 
 /// Returns the heap's free memory to the kernel.
-fn release_freed_heap() {
+pub(crate) fn release_freed_heap() {
     // SAFETY: malloc_trim only gives back pages that are free; it has no preconditions.
     #[cfg(target_env = "gnu")]
     unsafe {

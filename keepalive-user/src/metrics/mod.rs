@@ -13,6 +13,7 @@
 //! finding) and from the daemon's ticks (kernel counters, ring-buffer fill); encoding a scrape
 //! reads atomics and the bounded families.
 
+mod connections;
 pub mod server;
 mod windows;
 
@@ -24,6 +25,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
+pub use self::connections::ConnectionGauges;
 pub use self::windows::OTHER;
 use self::windows::WindowTable;
 use crate::{
@@ -106,6 +108,7 @@ pub struct Metrics {
     ring_size: Gauge,
     hooks_attached: Gauge,
     signal_missing: Family<SignalLabels, Gauge>,
+    connections: ConnectionGauges,
 }
 
 impl Metrics {
@@ -212,6 +215,14 @@ impl Metrics {
             "1 for a signal no hook provides on this kernel, 0 for one that is attached",
             signal_missing.clone(),
         );
+        let connections = Family::default();
+        registry.register(
+            "connections",
+            "Open connections with a known window by destination and risk of being reset on \
+             their next use, from the socket audit every --sockets-interval; destinations past \
+             --metrics-destinations are summed into destination=\"other\"",
+            connections.clone(),
+        );
         watched_from_the_start(&resets, &findings);
         registry.register(
             "build",
@@ -239,7 +250,13 @@ impl Metrics {
             ring_size,
             hooks_attached,
             signal_missing,
+            connections: ConnectionGauges::new(connections, destinations),
         }
+    }
+
+    /// The connection gauges, for the thread that runs the socket audits.
+    pub fn connection_gauges(&self) -> ConnectionGauges {
+        self.connections.clone()
     }
 
     /// The registry, for the server to encode.

@@ -16,7 +16,7 @@ use super::model::{Keepalive, KeepaliveSysctls};
 use crate::kernel::{
     btf::{BtfError, KernelBtf, VMLINUX_BTF},
     hz::{HzError, kernel_hz},
-    observer::{EBPF_OBJECT, privileged},
+    observer::{EBPF_OBJECT, privileged, release_freed_heap},
 };
 
 /// Errors loading or running the socket iterator.
@@ -95,6 +95,9 @@ impl SocketIterator {
             .ok_or(IterError::MissingProgram)?
             .try_into()?;
         program.load("tcp", &btf)?;
+        // The parsed BTF peaks at tens of MB of heap, which malloc would keep.
+        drop(btf);
+        release_freed_heap();
         Ok(Self {
             ebpf,
             hz: kernel_hz()?,

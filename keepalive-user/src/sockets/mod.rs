@@ -139,8 +139,6 @@ pub struct AuditOptions {
     pub state_dir: PathBuf,
     /// Which connections to list.
     pub filter: Filter,
-    /// The output format.
-    pub output: Output,
 }
 
 /// What was read in one namespace.
@@ -153,84 +151,120 @@ struct NamespaceReading {
     cookie: Option<u64>,
 }
 
-/// Runs the audit and writes its output.
-pub fn run(options: &AuditOptions, out: &mut impl Write) -> Result<(), AuditError> {
-    let (namespaces, only_one) = match &options.netns {
-        Some(given) => (vec![netns::named(given)?], true),
-        None => (netns::all(), false),
-    };
-    let learned = Learned::load(&options.state_dir)?;
-    let mut iterator = SocketIterator::load()?;
-    let mut readings = Vec::new();
-    let mut incomplete = Vec::new();
-    let mut vanished = 0;
-    for namespace in namespaces {
-        let link = iterator.link()?;
-        let reading = netns::run_in(&namespace, || -> Result<_, AuditError> {
-            // inet_diag first: it gives every socket it reports a cookie, which the iterator
-            // then reads from the socket to match the two.
-            let dump = diag::dump()?;
-            let audits = iter::read(link)?;
-            Ok((dump, audits, sysctls()?, netns_cookie()))
-        });
-        match reading {
-            Ok(Ok((dump, audits, sysctls, cookie))) => readings.push(NamespaceReading {
-                namespace,
-                dump,
-                audits,
-                sysctls,
-                cookie,
-            }),
-            Ok(Err(error)) => return Err(error),
-            // A namespace may vanish with its last process between listing and entering,
-            // and its connections with it.
-            Err(NetnsError::Vanished { .. }) if !only_one => vanished += 1,
-            Err(error) => return Err(error.into()),
+/// What one audit found.
+#[derive(Debug, Default)]
+pub struct Audited {
+    /// The connections kept by the filter, with their verdicts, worst first.
+    pub judged: Vec<Judged>,
+    /// Network namespaces read.
+    pub namespaces: usize,
+    /// What may be missing, in words.
+    pub incomplete: Vec<String>,
+}
+
+/// Runs audits; the socket iterator is loaded by the first one (root, or CAP_BPF and
+/// CAP_PERFMON) and kept.
+#[derive(Default)]
+pub struct Auditor {
+    iterator: Option<SocketIterator>,
+}
+
+impl Auditor {
+    /// Reads every namespace of `options` (all in use, or `--netns`) and judges its
+    /// connections against the windows learned in `options.state_dir` and the given ones.
+    pub fn audit(&mut self, options: &AuditOptions) -> Result<Audited, AuditError> {
+        // What the user gave is checked before anything needs privileges.
+        let (namespaces, only_one) = match &options.netns {
+            Some(given) => (vec![netns::named(given)?], true),
+            None => (netns::all(), false),
+        };
+        let learned = Learned::load(&options.state_dir)?;
+        let iterator = match &mut self.iterator {
+            Some(iterator) => iterator,
+            None => self.iterator.insert(SocketIterator::load()?),
+        };
+        let mut readings = Vec::new();
+        let mut incomplete = Vec::new();
+        let mut vanished = 0;
+        for namespace in namespaces {
+            let link = iterator.link()?;
+            let reading = netns::run_in(&namespace, || -> Result<_, AuditError> {
+                // inet_diag first: it gives every socket it reports a cookie, which the
+                // iterator then reads from the socket to match the two.
+                let dump = diag::dump()?;
+                let audits = iter::read(link)?;
+                Ok((dump, audits, sysctls()?, netns_cookie()))
+            });
+            match reading {
+                Ok(Ok((dump, audits, sysctls, cookie))) => readings.push(NamespaceReading {
+                    namespace,
+                    dump,
+                    audits,
+                    sysctls,
+                    cookie,
+                }),
+                Ok(Err(error)) => return Err(error),
+                // A namespace may vanish with its last process between listing and entering,
+                // and its connections with it.
+                Err(NetnsError::Vanished { .. }) if !only_one => vanished += 1,
+                Err(error) => return Err(error.into()),
+            }
         }
-    }
-    if vanished > 0 {
-        incomplete.push(format!(
-            "{vanished} network namespace{} vanished (its processes exited) before it could be read",
-            if vanished == 1 { "" } else { "s" }
-        ));
-    }
-    let owners = owners::socket_owners();
-    let hz = iterator.hz();
-    let mut judged = Vec::new();
-    for reading in &readings {
-        if reading.dump.interrupted {
+        if vanished > 0 {
             incomplete.push(format!(
-                "the socket list of network namespace {} changed while it was read: a \
-                 connection may be missing",
-                reading.namespace.inode
+                "{vanished} network namespace{} vanished (its processes exited) before it could \
+                 be read",
+                if vanished == 1 { "" } else { "s" }
             ));
         }
-        let windows = Windows::new(
-            learned.windows(reading.namespace.inode, reading.cookie),
-            &options.windows,
-        );
-        judged.extend(
-            connections(reading, &owners, &windows, hz)
-                .into_iter()
-                .map(|c| {
-                    let verdict = risk::judge(&c);
-                    (c, verdict)
-                })
-                .filter(|j| options.filter.keeps(j)),
-        );
+        let owners = owners::socket_owners();
+        let hz = iterator.hz();
+        let mut judged = Vec::new();
+        for reading in &readings {
+            if reading.dump.interrupted {
+                incomplete.push(format!(
+                    "the socket list of network namespace {} changed while it was read: a \
+                     connection may be missing",
+                    reading.namespace.inode
+                ));
+            }
+            let windows = Windows::new(
+                learned.windows(reading.namespace.inode, reading.cookie),
+                &options.windows,
+            );
+            judged.extend(
+                connections(reading, &owners, &windows, hz)
+                    .into_iter()
+                    .map(|c| {
+                        let verdict = risk::judge(&c);
+                        (c, verdict)
+                    })
+                    .filter(|j| options.filter.keeps(j)),
+            );
+        }
+        judged.sort_by(|(a, va), (b, vb)| {
+            (va.risk, a.diag.remote, std::cmp::Reverse(a.idle())).cmp(&(
+                vb.risk,
+                b.diag.remote,
+                std::cmp::Reverse(b.idle()),
+            ))
+        });
+        Ok(Audited {
+            judged,
+            namespaces: readings.len(),
+            incomplete,
+        })
     }
-    judged.sort_by(|(a, va), (b, vb)| {
-        (va.risk, a.diag.remote, std::cmp::Reverse(a.idle())).cmp(&(
-            vb.risk,
-            b.diag.remote,
-            std::cmp::Reverse(b.idle()),
-        ))
-    });
-    let summaries = report::summaries(&judged);
-    let audit = report::audit_line(readings.len(), &judged, incomplete);
-    match options.output {
-        Output::Table => report::table(out, &judged, &summaries, &audit)?,
-        Output::Json => report::json(out, &judged, &summaries, audit)?,
+}
+
+/// Runs the audit and writes its output.
+pub fn run(options: &AuditOptions, output: Output, out: &mut impl Write) -> Result<(), AuditError> {
+    let audited = Auditor::default().audit(options)?;
+    let summaries = report::summaries(&audited.judged);
+    let audit = report::audit_line(audited.namespaces, &audited.judged, audited.incomplete);
+    match output {
+        Output::Table => report::table(out, &audited.judged, &summaries, &audit)?,
+        Output::Json => report::json(out, &audited.judged, &summaries, audit)?,
     }
     Ok(())
 }
