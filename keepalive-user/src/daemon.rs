@@ -183,6 +183,8 @@ fn audit_sockets(
             let mut auditor = Auditor::default();
             let mut failures: u64 = 0;
             loop {
+                // The first audit loads BTF and the iterator: not while the daemon starts up.
+                std::thread::sleep(interval);
                 match auditor.audit(&options) {
                     Ok(audited) => gauges.publish(&audited.judged),
                     Err(error) => {
@@ -192,7 +194,6 @@ fn audit_sockets(
                         }
                     }
                 }
-                std::thread::sleep(interval);
             }
         })
         .context("starting the socket audit thread")?;
