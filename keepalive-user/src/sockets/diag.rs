@@ -140,8 +140,9 @@ fn socket_of(response: &InetResponse) -> DiagSocket {
     });
     let mut socket = DiagSocket {
         cookie: u64::from_ne_bytes(id.cookie),
-        local: SocketAddr::new(id.source_address, id.source_port),
-        remote: SocketAddr::new(id.destination_address, id.destination_port),
+        // A dual-stack socket's IPv4 peer is shown (and matched to windows) as IPv4.
+        local: SocketAddr::new(id.source_address.to_canonical(), id.source_port),
+        remote: SocketAddr::new(id.destination_address.to_canonical(), id.destination_port),
         state: header.state,
         inode: header.inode,
         timer,

@@ -359,3 +359,151 @@ fn sysctls() -> Result<KeepaliveSysctls, AuditError> {
         count: u8::try_from(read("tcp_keepalive_probes")?).unwrap_or(u8::MAX),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::sockets::model::Owner;
+
+    fn socket(local: &str, remote: &str, state: u8, inode: u32) -> DiagSocket {
+        DiagSocket {
+            cookie: u64::from(inode),
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            state,
+            inode,
+            timer: None,
+            idle_rx: Some(Duration::from_secs(10)),
+            idle_tx: Some(Duration::from_secs(10)),
+            retransmits: 0,
+            probes: 0,
+        }
+    }
+
+    fn reading(sockets: Vec<DiagSocket>) -> NamespaceReading {
+        NamespaceReading {
+            namespace: Namespace {
+                inode: 42,
+                paths: vec![PathBuf::from("/proc/self/ns/net")],
+            },
+            dump: Dump {
+                sockets,
+                interrupted: false,
+            },
+            audits: [3, 5]
+                .into_iter()
+                .map(|cookie| {
+                    let audit = SocketAudit {
+                        cookie,
+                        ..SocketAudit::default()
+                    };
+                    (cookie, audit)
+                })
+                .collect(),
+            sysctls: KeepaliveSysctls {
+                idle: Duration::from_secs(7200),
+                interval: Duration::from_secs(75),
+                count: 9,
+            },
+            cookie: Some(7),
+        }
+    }
+
+    #[test]
+    fn listeners_are_left_out_and_tell_accepted_connections_apart() {
+        let reading = reading(vec![
+            socket("0.0.0.0:8080", "0.0.0.0:0", LISTEN, 1),
+            socket("[::]:9090", "[::]:0", LISTEN, 2),
+            socket("198.51.100.130:8080", "198.51.100.2:40000", 1, 3),
+            socket("198.51.100.130:9090", "198.51.100.2:40001", 1, 4),
+            socket("198.51.100.2:40002", "198.51.100.100:80", 1, 5),
+        ]);
+        let owners = HashMap::from([(
+            5,
+            Owner {
+                pid: 9,
+                comm: "java".to_owned(),
+            },
+        )]);
+        let windows = Windows::new(Vec::new(), &["198.51.100.2=60".parse().unwrap()]);
+        let connections = connections(&reading, &owners, &windows, 250);
+        let side: Vec<_> = connections
+            .iter()
+            .map(|c| (c.diag.inode, c.accepted))
+            .collect();
+        assert_eq!(side, [(3, true), (4, true), (5, false)]);
+        assert_eq!(connections[0].netns, 42);
+        assert!(
+            connections[0].keepalive.is_some(),
+            "the iterator saw cookie 3"
+        );
+        assert!(connections[1].keepalive.is_none(), "nor cookie 4");
+        assert!(
+            connections[0].window.is_some(),
+            "towards the peer 198.51.100.2"
+        );
+        assert!(
+            connections[2].window.is_none(),
+            "nothing for 198.51.100.100:80"
+        );
+        assert_eq!(connections[2].owner.as_ref().map(|o| o.pid), Some(9));
+    }
+
+    #[test]
+    fn filters_keep_what_they_name() {
+        let owners = HashMap::from([(
+            5,
+            Owner {
+                pid: 9,
+                comm: "java".to_owned(),
+            },
+        )]);
+        let reading = reading(vec![
+            socket("198.51.100.2:40002", "198.51.100.100:80", 1, 5),
+            socket("198.51.100.2:40003", "198.51.100.101:443", 1, 6),
+        ]);
+        let windows = Windows::new(Vec::new(), &["198.51.100.100:80=5".parse().unwrap()]);
+        let judged: Vec<Judged> = connections(&reading, &owners, &windows, 250)
+            .into_iter()
+            .map(|c| {
+                let v = risk::judge(&c);
+                (c, v)
+            })
+            .collect();
+        let kept = |filter: Filter| -> Vec<u32> {
+            judged
+                .iter()
+                .filter(|j| filter.keeps(j))
+                .map(|(c, _)| c.diag.inode)
+                .collect()
+        };
+        assert_eq!(kept(Filter::default()), [5, 6]);
+        let remote = |text: &str| Filter {
+            remote: Some(text.parse().unwrap()),
+            ..Filter::default()
+        };
+        assert_eq!(kept(remote("198.51.100.100")), [5]);
+        assert_eq!(kept(remote("198.51.100.101:443")), [6]);
+        assert_eq!(kept(remote("198.51.100.101:80")), Vec::<u32>::new());
+        let port = Filter {
+            port: Some(40003),
+            ..Filter::default()
+        };
+        assert_eq!(kept(port), [6]);
+        for process in ["java", "9"] {
+            let filter = Filter {
+                process: Some(process.to_owned()),
+                ..Filter::default()
+            };
+            assert_eq!(kept(filter), [5], "{process}");
+        }
+        let risks = Filter {
+            risks: vec![Risk::WillReset],
+            ..Filter::default()
+        };
+        assert_eq!(kept(risks), [5], "idle 10 s past the 5 s window");
+        assert!("nowhere".parse::<RemoteFilter>().is_err());
+    }
+}
