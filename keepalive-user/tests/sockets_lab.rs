@@ -428,6 +428,47 @@ fn the_window_the_daemon_learned_judges_the_pool_in_sockets_and_in_the_metrics()
 }
 
 #[test]
+#[ignore = "needs root (eBPF socket iterator, network namespaces): `cargo xtask test` runs it as root"]
+fn without_cap_sys_admin_the_namespaces_it_cannot_enter_are_said_missing() {
+    require_root("without_cap_sys_admin_the_namespaces_it_cannot_enter_are_said_missing");
+    let lab = Lab::new();
+    // setpriv (util-linux) drops CAP_SYS_ADMIN from the bounding set: the audit keeps the
+    // capabilities of the daemon's unit, which cannot setns.
+    let output = Command::new("setpriv")
+        .args(["--bounding-set", "-sys_admin"])
+        .arg(env!("CARGO_BIN_EXE_keepalive-observer"))
+        .args(["sockets", "--format", "json", "--state-dir"])
+        .arg(lab.nothing_learned.arg())
+        .output()
+        .expect("run keepalive-observer sockets under setpriv");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let audit = stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str::<SocketsLine>(line).ok())
+        .find_map(|line| match line {
+            SocketsLine::Audit(audit) => Some(audit),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("an audit line: {stdout}"));
+    assert!(
+        audit.namespaces >= 1,
+        "its own namespace is read: {audit:?}"
+    );
+    assert!(
+        audit
+            .incomplete
+            .iter()
+            .any(|note| note.contains("could not be entered (setns needs CAP_SYS_ADMIN)")),
+        "the lab's three namespaces at least are said missing: {audit:?}"
+    );
+}
+
+#[test]
 fn an_unknown_namespace_is_a_clear_error() {
     let output = Command::new(env!("CARGO_BIN_EXE_keepalive-observer"))
         .args(["sockets", "--netns", "kao-no-such-namespace"])

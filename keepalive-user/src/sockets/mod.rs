@@ -186,6 +186,7 @@ impl Auditor {
         let mut readings = Vec::new();
         let mut incomplete = Vec::new();
         let mut vanished = 0;
+        let mut unentered = 0;
         for namespace in namespaces {
             let link = iterator.link()?;
             let reading = netns::run_in(&namespace, || -> Result<_, AuditError> {
@@ -207,15 +208,33 @@ impl Auditor {
                 // A namespace may vanish with its last process between listing and entering,
                 // and its connections with it.
                 Err(NetnsError::Vanished { .. }) if !only_one => vanished += 1,
+                // Entering another namespace needs CAP_SYS_ADMIN: without it, the others are
+                // still read and the missing ones said.
+                Err(NetnsError::Enter { .. }) if !only_one => unentered += 1,
                 Err(error) => return Err(error.into()),
             }
         }
-        if vanished > 0 {
+        if unentered > 0 {
+            let (namespaces, their) = if unentered == 1 {
+                ("namespace", "its")
+            } else {
+                ("namespaces", "their")
+            };
             incomplete.push(format!(
-                "{vanished} network namespace{} vanished (its processes exited) before it could \
-                 be read",
-                if vanished == 1 { "" } else { "s" }
+                "{unentered} network {namespaces} could not be entered (setns needs \
+                 CAP_SYS_ADMIN): {their} connections are not listed"
             ));
+        }
+        match vanished {
+            0 => {}
+            1 => incomplete.push(
+                "1 network namespace vanished (its processes exited) before it could be read"
+                    .to_owned(),
+            ),
+            n => incomplete.push(format!(
+                "{n} network namespaces vanished (their processes exited) before they could be \
+                 read"
+            )),
         }
         let owners = owners::socket_owners();
         let hz = iterator.hz();

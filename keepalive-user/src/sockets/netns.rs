@@ -172,13 +172,16 @@ pub fn run_in<T: Send>(
         .filter_map(|path| Some((path, File::open(path).ok()?)))
         .find(|(_, file)| file.metadata().is_ok_and(|m| m.ino() == inode))
         .ok_or(NetnsError::Vanished { inode })?;
+    // Entering one's own namespace needs CAP_SYS_ADMIN like any other: a process that lacks
+    // it (the daemon's unit) still reads its own.
+    let own = fs::metadata("/proc/thread-self/ns/net").is_ok_and(|m| m.ino() == inode);
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
                 let (path, file) = file;
                 // SAFETY: the descriptor is open; setns only changes this thread's namespace,
                 // and the thread ends with the scope.
-                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                if !own && unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                     return Err(NetnsError::Enter {
                         path: path.clone(),
                         source: io::Error::last_os_error(),
