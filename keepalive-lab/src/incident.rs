@@ -49,6 +49,10 @@ forgotten flow fails with urllib3's own error, and the job is retried once on a 
 connection. Every client socket has TCP_USER_TIMEOUT 1.5 s, so that in drop mode a dead \
 flow fails with ETIMEDOUT within seconds rather than after minutes of retransmissions.
 
+Before each step whose pause is longer than an audit takes, the client waits while \
+`keepalive-observer sockets` audits its pool against the window the observer learned so far \
+(else the configured timeout), and the lab prints each pooled connection's risk.
+
 Each middlebox mode runs the ladder, prints the summary and the observer's advice, applies \
 the advice (--fix) and runs the ladder again. With --middlebox both (the default) the drop \
 mode runs the ladder without the rerun, to stay within two minutes; --middlebox drop runs \
