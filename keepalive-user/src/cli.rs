@@ -1,10 +1,15 @@
 //! Command-line interface.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use clap::{Args, Parser, Subcommand, ValueEnum, builder::TypedValueParser as _};
 use keepalive_observer::{
     filter::{Cidr, Filter, parse_netns, parse_process},
+    kernel::{btf::VMLINUX_BTF, kallsyms::KALLSYMS, observer::cgroup2_dir},
     sockets::{RemoteFilter, windows::GivenWindow},
 };
 use keepalive_schema::{seconds::parse_seconds, socket::Risk};
@@ -125,11 +130,13 @@ pub struct RunArgs {
     pub journald_events: bool,
     /// Report a send after at least this many seconds without traffic (feeds the learned idle
     /// timeout); 0 turns the signal off.
-    #[arg(long, value_name = "SECONDS", default_value = "1", value_parser = parse_seconds)]
+    #[arg(long, value_name = "SECONDS", default_value = "1", value_parser = parse_seconds,
+          allow_negative_numbers = true)]
     pub idle_floor: Duration,
     /// Without a learned timeout, an RST after at least this many seconds idle is blamed on
     /// an idle-expiring middlebox.
-    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_seconds)]
+    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_seconds,
+          allow_negative_numbers = true)]
     pub idle_expiry_floor: Duration,
     /// Print findings only, not every kernel event.
     #[arg(long)]
@@ -142,8 +149,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
     pub record_limit: u64,
     /// Attach the TTL program to this cgroup v2 directory instead of the hierarchy's root.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = parse_cgroup)]
     pub cgroup: Option<PathBuf>,
+    /// Read the kernel's BTF from this file (tests simulate a kernel without BTF with it).
+    #[arg(long, value_name = "FILE", default_value = VMLINUX_BTF, hide = true)]
+    pub btf: PathBuf,
+    /// Read the kernel's symbols from this file (tests simulate an unreadable one with it).
+    #[arg(long, value_name = "FILE", default_value = KALLSYMS, hide = true)]
+    pub kallsyms: PathBuf,
     /// Which kernel hooks to use: `auto` takes the best the kernel offers for each signal;
     /// `tracepoint`, `fentry` or `kprobe` use only that kind wherever a signal has one.
     #[arg(long, value_enum, default_value_t = Hooks::Auto)]
@@ -153,7 +166,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
     /// Save the learned state this often when it changed (seconds), and at exit.
-    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_positive_seconds)]
+    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_positive_seconds,
+          allow_negative_numbers = true)]
     pub state_interval: Duration,
     /// Serve Prometheus metrics (OpenMetrics text) at http://ADDR/metrics, e.g.
     /// 127.0.0.1:9977; off unless given.
@@ -186,7 +200,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "NAME", value_parser = parse_process)]
     pub process: Vec<String>,
     /// Print lost-event totals this often (seconds; 0: only at exit).
-    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
+    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds,
+          allow_negative_numbers = true)]
     pub stats_interval: Duration,
 }
 
@@ -218,6 +233,10 @@ const MIN_RECORD_LIMIT: u64 = 64 << 10;
 
 fn parse_cidr(text: &str) -> Result<Cidr, String> {
     text.parse()
+}
+
+fn parse_cgroup(text: &str) -> Result<PathBuf, String> {
+    cgroup2_dir(Path::new(text)).map_err(|error| error.to_string())
 }
 
 impl RunArgs {

@@ -1,13 +1,22 @@
 //! The live daemon: load and attach, then stream events until SIGINT or SIGTERM.
 
-use std::{fs::File, io::BufWriter, os::fd::AsFd};
+use std::{
+    fs::File,
+    io::BufWriter,
+    os::fd::AsFd,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use keepalive_observer::{
     correlate::{Correlator, CorrelatorConfig, KeepaliveSysctls},
     kernel::{
         hooks::{HookChoice, HookKind},
-        observer::{LoadOptions, Observer},
+        observer::{LoadError, LoadOptions, Observer, privileged},
     },
     metrics::{ConnectionGauges, Metrics, server::MetricsServer},
     notify,
@@ -19,8 +28,12 @@ use keepalive_observer::{
         StartupReport, TextSink, WallClock,
     },
     sockets::{AuditOptions, Auditor, Filter},
+    state::StateDir,
 };
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    task::JoinHandle,
+};
 
 use crate::{
     cli::{Format, Hooks, Journald, RunArgs},
@@ -29,10 +42,44 @@ use crate::{
     saver::Saver,
 };
 
+/// How long a start-up interrupted by a signal waits for the loader to stop at its next step
+/// (the rest of a BTF parse, or one attach) and detach what it attached. Past it the process
+/// exits anyway, which closes every descriptor and so detaches the rest as well.
+const LOAD_STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// SIGINT or SIGTERM before the daemon was ready.
+#[derive(Debug, thiserror::Error)]
+#[error("{signal} while {phase}: stopped before observing; nothing it attached stays attached")]
+pub struct Interrupted {
+    /// `SIGINT` or `SIGTERM`.
+    pub signal: &'static str,
+    /// What start-up was doing.
+    pub phase: String,
+    /// The exit status to end with: 128 plus the signal's number, as a shell reports it.
+    pub exit_status: u8,
+}
+
+/// How loading ended.
+enum Start {
+    /// Every hook the kernel offers is attached.
+    Loaded(Box<Observer>),
+    /// A signal came first: its name and number.
+    Signal(&'static str, i32),
+}
+
 /// Runs until interrupted; returns after detaching everything and printing the totals.
 pub async fn run(args: RunArgs, stderr_dropped: DropCounter) -> anyhow::Result<()> {
+    // Before anything else: a signal during start-up then stops it with a message instead
+    // of killing the process halfway through attaching.
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let clock = WallClock::now().context("reading the clocks")?;
-    let mut observer = Observer::load(&LoadOptions {
+    if !privileged() {
+        return Err(LoadError::NotPrivileged.into());
+    }
+    // Locked before loading: a second daemon on the same directory is told at once.
+    let state_dir = StateDir::open(&args.state_dir)?;
+    let options = LoadOptions {
         idle_floor: args.idle_floor,
         cgroup: args.cgroup.clone(),
         hooks: match args.hooks {
@@ -42,7 +89,26 @@ pub async fn run(args: RunArgs, stderr_dropped: DropCounter) -> anyhow::Result<(
             Hooks::Kprobe => HookChoice::Only(HookKind::Kprobe),
         },
         filter: args.filter(),
-    })?;
+        btf: args.btf.clone(),
+        kallsyms: args.kallsyms.clone(),
+        cancel: Arc::default(),
+    };
+    let cancel = Arc::clone(&options.cancel);
+    // Parsing BTF and attaching take seconds: on a thread, so that signals are heard.
+    let mut loading = tokio::task::spawn_blocking(move || Observer::load(&options));
+    let start = tokio::select! {
+        loaded = &mut loading => Start::Loaded(Box::new(
+            loaded.context("the loading thread failed")??,
+        )),
+        _ = interrupt.recv() => Start::Signal("SIGINT", libc::SIGINT),
+        _ = terminate.recv() => Start::Signal("SIGTERM", libc::SIGTERM),
+    };
+    let mut observer = match start {
+        Start::Loaded(observer) => *observer,
+        Start::Signal(signal, number) => {
+            return Err(stop_loading(loading, &cancel, signal, number).await.into());
+        }
+    };
     let (sinks, mut drops) = open_sinks(args.format, args.journald, args.journald_events, clock)?;
     drops.watch("stderr", stderr_dropped);
     let sysctls = KeepaliveSysctls::read_host()?;
@@ -67,7 +133,7 @@ pub async fn run(args: RunArgs, stderr_dropped: DropCounter) -> anyhow::Result<(
         idle_expiry_floor_ms,
         ..CorrelatorConfig::default()
     });
-    let (mut saver, learned_state) = Saver::start(&args.state_dir, &mut correlator, clock)?;
+    let (mut saver, learned_state) = Saver::start(state_dir, &mut correlator, clock)?;
     let metrics = match args.metrics {
         Some(addr) => Some(serve_metrics(addr, args.metrics_destinations).await?),
         None => None,
@@ -81,8 +147,6 @@ pub async fn run(args: RunArgs, stderr_dropped: DropCounter) -> anyhow::Result<(
     )
     .with_metrics(metrics)
     .with_filter(args.filter());
-    let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let report = startup_report(&observer, learned_state, args.filter().describe());
     if let Some(metrics) = pipeline.metrics() {
         metrics.startup(&report);
@@ -198,6 +262,33 @@ fn audit_sockets(
         })
         .context("starting the socket audit thread")?;
     Ok(())
+}
+
+/// Stops an interrupted start-up: the loader stops at its next step and drops (detaches)
+/// what it attached; says what it was doing.
+async fn stop_loading(
+    loading: JoinHandle<Result<Observer, LoadError>>,
+    cancel: &AtomicBool,
+    signal: &'static str,
+    number: i32,
+) -> Interrupted {
+    cancel.store(true, Ordering::Relaxed);
+    let phase = match tokio::time::timeout(LOAD_STOP_WAIT, loading).await {
+        Ok(Ok(Err(LoadError::Cancelled { phase }))) => phase,
+        // It finished before it looked: dropping it here detaches everything.
+        Ok(Ok(Ok(_observer))) => "finishing the start-up".to_owned(),
+        Ok(Ok(Err(error))) => format!("loading, which failed: {error}"),
+        Ok(Err(error)) => format!("loading, whose thread failed: {error}"),
+        Err(_) => format!(
+            "loading, which did not stop within {} s",
+            LOAD_STOP_WAIT.as_secs()
+        ),
+    };
+    Interrupted {
+        signal,
+        phase,
+        exit_status: u8::try_from(128 + number).unwrap_or(u8::MAX),
+    }
 }
 
 /// Binds the metrics endpoint and serves it from a task of this runtime.

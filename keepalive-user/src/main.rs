@@ -56,13 +56,32 @@ fn main() -> ExitCode {
         Some(Command::Sockets(args)) => sockets(args),
     };
     stderr.drain();
+    // A loader stopped by a signal that did not return in time is not waited for.
+    runtime.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            eprintln!("error: {}", describe(&error));
+            match error.downcast_ref::<daemon::Interrupted>() {
+                Some(interrupted) => ExitCode::from(interrupted.exit_status),
+                None => ExitCode::FAILURE,
+            }
         }
     }
+}
+
+/// The error and its causes, `: `-separated, leaving out a cause that the message before it
+/// already quotes (many say what their source said).
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 fn sockets(args: SocketsArgs) -> anyhow::Result<()> {

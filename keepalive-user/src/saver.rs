@@ -20,14 +20,13 @@ pub struct Saver {
 }
 
 impl Saver {
-    /// Locks `dir` and restores its state into `correlator`; returns the saver and the
+    /// Restores the state of `dir` (locked) into `correlator`; returns the saver and the
     /// start-up report's line about it. An unusable file was moved aside with a warning.
     pub fn start(
-        dir: &Path,
+        dir: StateDir,
         correlator: &mut Correlator,
         clock: WallClock,
     ) -> Result<(Saver, String), PersistError> {
-        let dir = StateDir::open(dir)?;
         let restored = dir.restore(correlator, clock)?;
         if let Some((aside, why)) = &restored.kept_aside {
             tracing::warn!(

@@ -1,13 +1,22 @@
 //! Kernel symbol addresses from /proc/kallsyms.
 
-use std::fs;
+use std::{fs, io, path::Path};
+
+/// Where the kernel lists its symbols.
+pub const KALLSYMS: &str = "/proc/kallsyms";
 
 /// Errors looking up a symbol.
 #[derive(Debug, thiserror::Error)]
 pub enum KallsymsError {
-    /// /proc/kallsyms could not be read.
-    #[error("cannot read /proc/kallsyms: {0}")]
-    Unreadable(#[from] std::io::Error),
+    /// The symbol list could not be read.
+    #[error("cannot read {path}")]
+    Unreadable {
+        /// The file, normally [`KALLSYMS`].
+        path: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
     /// The symbol is not listed.
     #[error("symbol {0} is not in /proc/kallsyms")]
     Missing(String),
@@ -16,9 +25,13 @@ pub enum KallsymsError {
     Hidden(String),
 }
 
-/// The address of a kernel text symbol.
-pub fn symbol_address(name: &str) -> Result<u64, KallsymsError> {
-    find_symbol(&fs::read_to_string("/proc/kallsyms")?, name)
+/// The address of a kernel text symbol, from `kallsyms` (normally [`KALLSYMS`]).
+pub fn symbol_address(kallsyms: &Path, name: &str) -> Result<u64, KallsymsError> {
+    let text = fs::read_to_string(kallsyms).map_err(|source| KallsymsError::Unreadable {
+        path: kallsyms.display().to_string(),
+        source,
+    })?;
+    find_symbol(&text, name)
 }
 
 /// Looks `name` up in the text of /proc/kallsyms (`address type name [module]` lines).

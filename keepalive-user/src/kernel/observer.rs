@@ -6,11 +6,15 @@ use std::{
     io,
     os::fd::AsFd,
     path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
 use aya::{
-    Btf, Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader, Endianness,
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, FEntry, KProbe},
 };
@@ -25,7 +29,7 @@ use super::{
     filter,
     hooks::{FunctionTarget, Hook, HookChoice, HookKind, HookOutcome, SIGNALS, TracepointReason},
     hz::{HzError, kernel_hz},
-    kallsyms::symbol_address,
+    kallsyms::{KallsymsError, symbol_address},
     ring_fill::{RingFill, RingPositions},
 };
 use crate::{event::DecodeContext, filter::Filter};
@@ -49,6 +53,17 @@ pub enum LoadError {
     /// The kernel's HZ is unknown.
     #[error(transparent)]
     Hz(#[from] HzError),
+    /// The kernel's symbol list cannot be read at all (not merely addresses hidden, which
+    /// leaves only the keepalive timer signal missing).
+    #[error("the keepalive timer signal needs tcp_keepalive_timer's address")]
+    Kallsyms(#[source] KallsymsError),
+    /// SIGINT or SIGTERM came before every hook was attached: loading stopped there, and
+    /// what was attached is detached as the object is dropped.
+    #[error("interrupted while {phase}")]
+    Cancelled {
+        /// What loading was doing.
+        phase: String,
+    },
     /// The kernel refused the object (maps or programs).
     #[error("loading the eBPF object failed: {0}")]
     Load(#[from] aya::EbpfError),
@@ -103,6 +118,22 @@ pub struct LoadOptions {
     pub hooks: HookChoice,
     /// Which connections to report; the kernel applies all but the process names.
     pub filter: Filter,
+    /// The kernel's BTF, normally [`VMLINUX_BTF`].
+    pub btf: PathBuf,
+    /// The kernel's symbol list, normally [`KALLSYMS`].
+    pub kallsyms: PathBuf,
+    /// Set (from a signal handler's task) to stop loading at the next step.
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl LoadOptions {
+    /// Stops loading when [`LoadOptions::cancel`] is set; `phase` says what just ran.
+    fn check(&self, phase: impl FnOnce() -> String) -> Result<(), LoadError> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(LoadError::Cancelled { phase: phase() });
+        }
+        Ok(())
+    }
 }
 
 /// Where the kernel side keeps each connection's context.
@@ -164,9 +195,15 @@ impl Observer {
         if !privileged() {
             return Err(LoadError::NotPrivileged);
         }
-        let kernel = KernelBtf::from_file(VMLINUX_BTF)?;
+        let kernel = KernelBtf::from_file(&options.btf)?;
+        options.check(|| "reading the kernel's BTF".to_owned())?;
         let hz = kernel_hz()?;
-        let keepalive_timer = symbol_address("tcp_keepalive_timer");
+        let keepalive_timer = match symbol_address(&options.kallsyms, "tcp_keepalive_timer") {
+            Err(error @ KallsymsError::Unreadable { .. }) => {
+                return Err(LoadError::Kallsyms(error));
+            }
+            found => found,
+        };
         let context = context_store(options.hooks, kernel_release());
         let config = ProbeConfig {
             offsets: kernel.kernel_offsets()?,
@@ -189,7 +226,12 @@ impl Observer {
         }
         let mut ebpf = loader.load(EBPF_OBJECT)?;
         filter::install(&mut ebpf, &options.filter)?;
-        let btf = Btf::from_sys_fs()?;
+        let btf = if options.btf == Path::new(VMLINUX_BTF) {
+            Btf::from_sys_fs()?
+        } else {
+            Btf::parse_file(&options.btf, Endianness::default())?
+        };
+        options.check(|| "loading the eBPF programs".to_owned())?;
         let cgroup = options.cgroup.clone().or_else(cgroup2_root);
         let mut hooks = Vec::new();
         let mut attached = BTreeSet::new();
@@ -217,6 +259,7 @@ impl Observer {
                     break;
                 }
             }
+            options.check(|| format!("attaching \"{}\" ({label})", signal.name))?;
             if let (true, Err(why)) = (signal.required, &outcome) {
                 return Err(LoadError::RequiredHook {
                     signal: signal.name,
@@ -445,6 +488,56 @@ fn verifier_error(error: &aya::programs::ProgramError) -> String {
     }
 }
 
+/// `statfs`'s `f_type` of a cgroup v2 filesystem.
+const CGROUP2_SUPER_MAGIC: libc::__fsword_t = 0x6367_7270;
+
+/// Why a `--cgroup` directory cannot take the TTL program.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// The path cannot be examined (missing, not accessible).
+    #[error("{}: {source}", path.display())]
+    Unusable {
+        /// The path given.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The path exists but is not a directory of a cgroup v2 hierarchy.
+    #[error(
+        "{} is not a cgroup v2 directory (the TTL program attaches to one, e.g. {})",
+        path.display(),
+        cgroup2_root().map_or_else(|| "/sys/fs/cgroup".to_owned(), |root| root.display().to_string())
+    )]
+    NotCgroup2 {
+        /// The path given.
+        path: PathBuf,
+    },
+}
+
+/// Checks that `path` is a directory of a cgroup v2 hierarchy.
+pub fn cgroup2_dir(path: &Path) -> Result<PathBuf, CgroupError> {
+    let unusable = |source| CgroupError::Unusable {
+        path: path.to_owned(),
+        source,
+    };
+    let metadata = std::fs::metadata(path).map_err(unusable)?;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|error| unusable(io::Error::new(io::ErrorKind::InvalidInput, error)))?;
+    // SAFETY: statfs writes into `stats`, a plain struct for which zero is a valid value, and
+    // reads the NUL-terminated path that outlives the call.
+    let mut stats: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut stats) } != 0 {
+        return Err(unusable(io::Error::last_os_error()));
+    }
+    if !metadata.is_dir() || stats.f_type != CGROUP2_SUPER_MAGIC {
+        return Err(CgroupError::NotCgroup2 {
+            path: path.to_owned(),
+        });
+    }
+    Ok(path.to_owned())
+}
+
 /// The mount point of the cgroup v2 hierarchy (`/sys/fs/cgroup` or, on hybrid setups,
 /// `/sys/fs/cgroup/unified`).
 pub fn cgroup2_root() -> Option<PathBuf> {
@@ -492,7 +585,7 @@ fn duration_to_jiffies(duration: Duration, hz: u32) -> u32 {
 
 /// Root, or the capabilities loading and attaching need (CAP_BPF 39, CAP_PERFMON 38,
 /// CAP_NET_ADMIN 12) in the effective set.
-pub(crate) fn privileged() -> bool {
+pub fn privileged() -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         return true;
