@@ -173,26 +173,36 @@ fn a_signal_at_any_moment_of_start_up_stops_it_promptly_and_leaves_nothing_attac
     assert!(status.success(), "{status}: {stderr}");
 
     let mut interrupted_holding_programs = 0;
-    // Across the whole start-up and past it, then more often while attaching (its last
-    // 40 %), where programs are held but the daemon is not ready.
+    // Across the whole start-up and past it; then as soon as the daemon holds a program
+    // (attaching has begun).
     let moments = (0..12u32)
-        .map(|step| f64::from(step) / 10.0)
-        .chain((0..8u32).map(|step| 0.6 + f64::from(step) * 0.05));
-    for (step, fraction) in moments.enumerate() {
+        .map(|step| Some(start_up.mul_f64(f64::from(step) / 10.0)))
+        .chain([None; 4]);
+    for (step, moment) in moments.enumerate() {
         let (signal, status) = if step % 2 == 0 {
             (libc::SIGTERM, 143)
         } else {
             (libc::SIGINT, 130)
         };
-        let at = start_up.mul_f64(fraction);
         let daemon = start(&dir.0);
         let began = Instant::now();
         let mut held = BTreeSet::new();
-        while began.elapsed() < at {
+        loop {
             held.extend(daemon.program_ids());
-            thread::sleep(Duration::from_millis(2));
+            let due = match moment {
+                Some(at) => began.elapsed() >= at,
+                None => !held.is_empty(),
+            };
+            if due {
+                break;
+            }
+            assert!(
+                began.elapsed() < Duration::from_secs(60),
+                "no program loaded"
+            );
+            thread::sleep(Duration::from_millis(1));
         }
-        held.extend(daemon.program_ids());
+        let at = began.elapsed();
         daemon.signal(signal);
         let (exit, stderr, took) = daemon.exit(Duration::from_secs(15));
         assert!(
@@ -246,7 +256,7 @@ fn a_signal_at_any_moment_of_start_up_stops_it_promptly_and_leaves_nothing_attac
     }
     assert!(
         interrupted_holding_programs > 0,
-        "no signal came while programs were loaded but the daemon not ready"
+        "no signal came while programs were held but the daemon not ready"
     );
 }
 
