@@ -17,7 +17,7 @@ use super::files::{WorkDir, check_programs, remove_stale_workdirs};
 use super::observer::{Finding, Observer, STATS_INTERVAL, tail};
 use super::servers;
 use super::site::{PORT, Site};
-use super::summary::{self, Phase, Summary};
+use super::summary::{self, AuditedStep, Phase, Summary};
 use super::{Fix, LabArgs, PhaseSpec};
 use crate::{VIP_V4, cleanup_stale, in_netns, interrupt};
 
@@ -174,6 +174,8 @@ struct PhaseRun<'a> {
     /// The observer's lost-event count at the start.
     lost_before: u64,
     requests: Vec<Request>,
+    /// What the audit said before each step it ran before.
+    audits: Vec<AuditedStep>,
     findings: Vec<Finding>,
     /// Findings waiting for the line of their request, since when.
     held: Vec<(Instant, Finding)>,
@@ -191,6 +193,7 @@ impl<'a> PhaseRun<'a> {
             started: Instant::now(),
             since_ns: monotonic_ns(),
             requests: Vec::new(),
+            audits: Vec::new(),
             findings: Vec::new(),
             held: Vec::new(),
             done: false,
@@ -278,11 +281,12 @@ impl<'a> PhaseRun<'a> {
             window_ms,
             advice,
             lost_events: observer.lost.saturating_sub(self.lost_before),
+            audits: self.audits,
         })
     }
 
     /// Prints the audit's verdict for each of the pool's connections before `job`.
-    fn audit(&self, auditing: &mut Auditing, job: u32) {
+    fn audit(&mut self, auditing: &mut Auditing, job: u32) {
         let netns = self.site.topology.client().netns().name();
         let before = format!("  {}  audit before job {job}", self.clock());
         let sockets = auditing.audit.run(
@@ -296,6 +300,11 @@ impl<'a> PhaseRun<'a> {
             Ok(sockets) => {
                 for socket in &sockets {
                     println!("{before}: {}", audit::describe(socket));
+                    self.audits.push(AuditedStep {
+                        job,
+                        local: socket.local,
+                        risk: socket.risk,
+                    });
                 }
             }
             Err(error) => println!("  warning: the audit before job {job} failed: {error:#}"),

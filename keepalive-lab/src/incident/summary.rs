@@ -8,6 +8,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use keepalive_schema::finding::{Confidence, Verdict};
+use keepalive_schema::socket::Risk;
 use serde::{Deserialize, Serialize};
 
 use super::TIMEOUT_MARGIN_S;
@@ -44,6 +45,20 @@ pub struct Phase {
     /// Events the observer's kernel side could not hand over during the run.
     #[serde(default)]
     pub lost_events: u64,
+    /// What the socket audit said of each pooled connection before each step it ran before.
+    #[serde(default)]
+    pub audits: Vec<AuditedStep>,
+}
+
+/// One pooled connection as the audit before a step judged it.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct AuditedStep {
+    /// The job that came next.
+    pub job: u32,
+    /// The connection's local end.
+    pub local: SocketAddr,
+    /// The audit's verdict.
+    pub risk: Risk,
 }
 
 impl Phase {
@@ -166,6 +181,9 @@ pub fn checks(summary: &Summary) -> Vec<Check> {
     let mut checks = Vec::new();
     for phase in &summary.phases {
         let label = phase.label();
+        if let Some(check) = audit_check(phase, &label, summary.timeout_s) {
+            checks.push(check);
+        }
         if phase.fix.is_some() {
             let failed = phase.failed().count();
             checks.push(Check {
@@ -263,6 +281,69 @@ pub fn checks(summary: &Summary) -> Vec<Check> {
         });
     }
     checks
+}
+
+/// Whether the socket audit saw it coming: without the fix, it flagged (`will_reset` or
+/// `at_risk`) a connection before that connection failed, and called none of them `ok` just
+/// before it failed after a pause longer than twice the timeout (the audit runs a little
+/// before the step, so a shorter pause may still look safe then); with the fix, it called
+/// every audited connection `ok`. `None` when no step was audited.
+fn audit_check(phase: &Phase, label: &str, timeout_s: u32) -> Option<Check> {
+    if phase.audits.is_empty() {
+        return None;
+    }
+    if phase.fix.is_some() {
+        let flagged = phase
+            .audits
+            .iter()
+            .filter(|audit| audit.risk != Risk::Ok)
+            .count();
+        return Some(Check {
+            passed: flagged == 0,
+            what: format!(
+                "{label}: the audit called every pooled connection ok ({} audited, {flagged} \
+                 flagged)",
+                phase.audits.len()
+            ),
+        });
+    }
+    let verdict = |request: &Request| {
+        phase
+            .audits
+            .iter()
+            .find(|audit| audit.job == request.job && Some(audit.local) == request.local)
+            .map(|audit| audit.risk)
+    };
+    let failed: Vec<(&Request, Option<Risk>)> = phase
+        .failed()
+        .filter(|request| request.attempt == 1)
+        .map(|request| (request, verdict(request)))
+        .collect();
+    let flagged = failed
+        .iter()
+        .filter(|(_, risk)| matches!(risk, Some(Risk::WillReset | Risk::AtRisk)))
+        .count();
+    let long = f64::from(timeout_s) * 2.0;
+    let missed: Vec<u32> = failed
+        .iter()
+        .filter(|(request, risk)| {
+            *risk == Some(Risk::Ok) && request.pause_s.is_some_and(|pause| pause > long)
+        })
+        .map(|(request, _)| request.job)
+        .collect();
+    Some(Check {
+        passed: flagged > 0 && missed.is_empty(),
+        what: format!(
+            "{label}: the audit flagged connections before they failed ({flagged} of {} \
+             failures{})",
+            failed.len(),
+            if missed.is_empty() {
+                String::new()
+            } else {
+                format!("; called ok before jobs {missed:?}")
+            }
+        ),
+    })
 }
 
 /// The descriptions of the checks that failed, with the likely cause when the observer lost
@@ -407,6 +488,7 @@ mod tests {
             window_ms: Some((4000, 7000)),
             advice: Some("set TCP_KEEPIDLE below 4 s".to_owned()),
             lost_events: 0,
+            audits: Vec::new(),
         }
     }
 
@@ -420,6 +502,7 @@ mod tests {
             window_ms: None,
             advice: None,
             lost_events: 0,
+            audits: Vec::new(),
         }
     }
 
@@ -521,6 +604,44 @@ mod tests {
             vec![finding(3, "forged_rst", (1, 2))],
         )]);
         assert_eq!(failed_checks(&run).len(), 1);
+    }
+
+    #[test]
+    fn the_audit_must_flag_what_fails_and_pass_what_the_fix_keeps() {
+        let local = |job: u16| SocketAddr::from(([198, 51, 100, 2], 40_000 + job));
+        let audited = |job: u32, risk: Risk| AuditedStep {
+            job,
+            local: local(job as u16),
+            risk,
+        };
+        let mut seen = incident("forged_rst", Failure::Reset);
+        seen.audits = vec![audited(2, Risk::AtRisk), audited(3, Risk::WillReset)];
+        let mut fixed = fixed(all_ok(), Vec::new());
+        fixed.audits = vec![audited(3, Risk::Ok)];
+        let run = summary(vec![seen, fixed]);
+        assert!(failed_checks(&run).is_empty(), "{:?}", failed_checks(&run));
+        assert!(checks(&run).iter().any(|c| {
+            c.what
+                .contains("flagged connections before they failed (1 of 1")
+        }));
+
+        let mut missed = incident("forged_rst", Failure::Reset);
+        missed.requests[3].pause_s = Some(12.0);
+        missed.audits = vec![audited(3, Risk::Ok)];
+        let mut false_alarm = fixed_run();
+        false_alarm.audits = vec![audited(3, Risk::WillReset)];
+        let failed = failed_checks(&summary(vec![missed, false_alarm]));
+        assert!(
+            failed
+                .iter()
+                .any(|f| f.contains("called ok before jobs [3]")),
+            "{failed:?}"
+        );
+        assert!(failed.iter().any(|f| f.contains("1 flagged")), "{failed:?}");
+    }
+
+    fn fixed_run() -> Phase {
+        fixed(all_ok(), Vec::new())
     }
 
     #[test]
