@@ -475,6 +475,8 @@ pub struct ProbeConfig {
     pub context_in_map: u32,
     /// [`filter`] bits: which filter maps a record must match to be sent.
     pub filters: u32,
+    /// Explicit padding to the struct's 8-byte alignment, always zero.
+    pub _pad: u32,
 }
 
 /// Name of the `iter/tcp` program that writes one [`SocketAudit`] per full TCP socket of the
@@ -569,7 +571,7 @@ mod tests {
         assert_eq!(size_of::<HandshakeKey>(), 8 + 32 + 8);
         // An even number of u32 offsets keeps the u64 after them aligned without padding.
         assert_eq!(size_of::<KernelOffsets>(), 36 * 4);
-        assert_eq!(size_of::<ProbeConfig>(), 36 * 4 + 8 + 6 * 4);
+        assert_eq!(size_of::<ProbeConfig>(), 36 * 4 + 8 + 8 * 4);
     }
 
     #[test]

@@ -217,6 +217,7 @@ impl Observer {
             reply_reset_reason_arg: reason_arg(&kernel, "tcp_v4_send_reset"),
             context_in_map: u32::from(context != ContextStore::SocketStorage),
             filters: filter::bits(&options.filter),
+            _pad: 0,
         };
         let mut loader = EbpfLoader::new();
         loader.override_global(CONFIG_GLOBAL, &config, true);
