@@ -16,6 +16,8 @@ mod context;
 mod emit;
 mod filter;
 mod idle_reuse;
+mod idle_reuse_fentry;
+mod idle_reuse_kprobe;
 mod keepalive_timer;
 mod keepalive_timer_fentry;
 mod keepalive_timer_kprobe;

@@ -1,7 +1,8 @@
 //! Guest test driver for `cargo xtask vm-test`. Inside a virtual machine booted with another
 //! kernel, it runs keepalive-observer once per hook choice (`--hooks auto`, `tracepoint`,
 //! `fentry`, `kprobe`), checks which hook each signal got, makes the resets of the privileged
-//! event tests happen on loopback and checks the daemon's events and findings. It prints one
+//! event tests and a reply after an idle gap happen on loopback and checks the daemon's
+//! events and findings. It prints one
 //! line per check and exits 0 only when all passed. Every run is recorded (`--record`); with
 //! `--print-recordings` the recordings go to the console, one line each prefixed with
 //! [`RECORDING_PREFIX`] and the hook choice, for `cargo xtask vm-test --golden` to keep.
@@ -20,7 +21,7 @@ use keepalive_lab::daemon::{Daemon, Launch};
 use serde_json::Value;
 
 use crate::scenarios::{
-    Expect, keepalive_race, keepalive_timeout, linger_zero, no_socket, unread_data,
+    Expect, idle_reply, keepalive_race, keepalive_timeout, linger_zero, no_socket, unread_data,
 };
 
 /// Loading and verifying every program under software emulation takes a while.
@@ -34,6 +35,8 @@ const RESET_SIGNALS: &[&str] = &[
     "RST received",
     "keepalive timer",
 ];
+/// The signals of a survived idle gap, which the learned idle timeout rests on.
+const IDLE_SIGNALS: &[&str] = &["send after idle", "reply after idle"];
 /// Signals every kernel this test boots must have, whatever the choice.
 const ALWAYS: &[&str] = &["connection lifecycle", "socket errors", "segment TTL"];
 
@@ -44,6 +47,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("unread_data", unread_data),
     ("keepalive_timeout", keepalive_timeout),
     ("keepalive_race", keepalive_race),
+    ("idle_reply", idle_reply),
 ];
 
 /// Starts each console line of a printed recording, followed by the hook choice.
@@ -125,10 +129,10 @@ fn run() -> Result<bool> {
             "vmtest[{choice}] ready after {:.1} s",
             started.elapsed().as_secs_f64()
         );
-        let replies = match check_hooks(choice, daemon.ready(), reasons) {
-            Ok(replies) => {
+        let expect = match check_hooks(choice, daemon.ready(), reasons) {
+            Ok(expect) => {
                 passed += 1;
-                replies
+                expect
             }
             Err(error) => {
                 println!("vmtest[{choice}] hooks: FAIL: {error:#}");
@@ -136,7 +140,6 @@ fn run() -> Result<bool> {
                 continue;
             }
         };
-        let expect = Expect { reasons, replies };
         for (name, scenario) in SCENARIOS {
             let started = Instant::now();
             match scenario(&mut daemon, &expect) {
@@ -179,9 +182,9 @@ fn run() -> Result<bool> {
     Ok(failed == 0)
 }
 
-/// Prints the start-up table and checks that each reset signal got the hook `choice` asks
-/// for on this kernel. Returns whether RSTs in reply are seen.
-fn check_hooks(choice: &str, ready: &Value, reasons: bool) -> Result<bool> {
+/// Prints the start-up table and checks that each reset and idle signal got the hook `choice`
+/// asks for on this kernel. Returns what the scenarios may expect of the hooks attached.
+fn check_hooks(choice: &str, ready: &Value, reasons: bool) -> Result<Expect> {
     let mut table = BTreeMap::new();
     for hook in ready["hooks"]
         .as_array()
@@ -208,9 +211,18 @@ fn check_hooks(choice: &str, ready: &Value, reasons: bool) -> Result<bool> {
         let optional = *signal == "RST in reply" && choice == "tracepoint" && !reasons;
         ensure!(*attached || optional, "{signal} ({label}) is not attached");
     }
+    // Every kernel this test boots has fentry or kprobes for the idle signals; only
+    // tracepoints may lack them (before `tcp_sendmsg_locked` and `sock_recv_length`).
+    if choice != "tracepoint" {
+        for signal in IDLE_SIGNALS {
+            let (label, attached) = hook(signal)?;
+            ensure!(*attached, "{signal} ({label}) is not attached");
+        }
+    }
     let expected: Vec<(&str, String)> = match choice {
         "fentry" | "kprobe" => RESET_SIGNALS
             .iter()
+            .chain(IDLE_SIGNALS)
             .map(|s| (*s, format!("{choice}/")))
             .collect(),
         "tracepoint" => vec![
@@ -258,7 +270,11 @@ fn check_hooks(choice: &str, ready: &Value, reasons: bool) -> Result<bool> {
     } else {
         ensure!(context.starts_with("socket storage"), "context: {context}");
     }
-    Ok(hook("RST in reply")?.1)
+    Ok(Expect {
+        reasons,
+        replies: hook("RST in reply")?.1,
+        idle: IDLE_SIGNALS.iter().all(|s| hook(s).is_ok_and(|h| h.1)),
+    })
 }
 
 /// `6.1.0-56-cloud-amd64` → `(6, 1)`.
@@ -306,8 +322,11 @@ mod tests {
             ),
             ("RST received", "fentry/tcp_reset", true),
             ("keepalive timer", "fentry/tcp_keepalive_timer", true),
+            ("send after idle", "fentry/tcp_sendmsg", true),
+            ("reply after idle", "fentry/tcp_rcv_established", true),
         ]);
-        assert!(check_hooks("fentry", &fentry, false).unwrap());
+        let expect = check_hooks("fentry", &fentry, false).unwrap();
+        assert!(expect.replies && expect.idle);
         let error = check_hooks("kprobe", &fentry, false).unwrap_err();
         assert!(error.to_string().contains("expected a kprobe/"), "{error}");
         let old_tracepoints = ready(&[
@@ -318,8 +337,11 @@ mod tests {
             ("RST in reply", "tp_btf/tcp_send_reset", false),
             ("RST received", "tp_btf/tcp_receive_reset", true),
             ("keepalive timer", "tp_btf/timer_expire_entry", true),
+            ("send after idle", "tp_btf/tcp_sendmsg_locked", false),
+            ("reply after idle", "tp_btf/sock_recv_length", true),
         ]);
-        assert!(!check_hooks("tracepoint", &old_tracepoints, false).unwrap());
+        let expect = check_hooks("tracepoint", &old_tracepoints, false).unwrap();
+        assert!(!expect.replies && !expect.idle);
         assert!(check_hooks("auto", &old_tracepoints, false).is_err());
     }
 }

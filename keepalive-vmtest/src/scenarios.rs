@@ -29,11 +29,14 @@ const STRAY_ACK_PORT: u16 = 40_999;
 const IDLE_TOLERANCE_MS: u64 = 400;
 
 /// What the kernel and the attached hooks let the checks expect.
+#[derive(Debug)]
 pub struct Expect {
     /// The kernel names reset reasons (6.10 and later).
     pub reasons: bool,
     /// Some hook sees RSTs answering segments (`RST in reply` attached).
     pub replies: bool,
+    /// Hooks see a send after an idle gap and the reply to it.
+    pub idle: bool,
 }
 
 /// Connecting to a port nobody listens on: the kernel answers the SYN with an RST for no
@@ -290,6 +293,47 @@ pub fn keepalive_race(daemon: &mut Daemon, expect: &Expect) -> Result<String> {
         "keepalive_race {}, idle at the FIN {idle_at_fin} ms; server abort_on_data {} \
          (reasons: {})",
         race["confidence"], server_side["confidence"], expect.reasons
+    ))
+}
+
+/// A client sends after an idle gap longer than the daemon's idle floor (1 s) and the server
+/// answers: the reply after idle carries the gap, the evidence a learned idle timeout is
+/// built from.
+pub fn idle_reply(daemon: &mut Daemon, expect: &Expect) -> Result<String> {
+    if !expect.idle {
+        return Ok("skipped: no hook for the send or the reply after idle".into());
+    }
+    let (mut client, mut server, client_addr, server_addr) = loopback_pair()?;
+    let mut buf = [0u8; 5];
+    let exchange = |client: &mut TcpStream, server: &mut TcpStream, buf: &mut [u8; 5]| {
+        client.write_all(b"hello")?;
+        server.read_exact(buf)?;
+        server.write_all(b"hello")?;
+        client.read_exact(buf)
+    };
+    exchange(&mut client, &mut server, &mut buf).context("the first exchange")?;
+    let slept = Duration::from_millis(2500);
+    std::thread::sleep(slept);
+    exchange(&mut client, &mut server, &mut buf).context("the exchange after idle")?;
+    let (local, remote) = (client_addr.to_string(), server_addr.to_string());
+    let reply = daemon.wait_for("the client's reply after idle", WAIT, |v| {
+        is_event(v, "reply_after_idle", &local, &remote)
+    })?;
+    let gap = reply["context"]["idle_send"]["gap_ms"]
+        .as_u64()
+        .with_context(|| format!("no idle send in the context: {reply}"))?;
+    let slept_ms = u64::try_from(slept.as_millis())?;
+    ensure!(
+        gap.abs_diff(slept_ms) <= IDLE_TOLERANCE_MS,
+        "idle send gap {gap} ms, slept {slept_ms} ms (±{IDLE_TOLERANCE_MS} ms): {reply}"
+    );
+    ensure!(
+        reply["context"]["owner"]["pid"] == std::process::id(),
+        "the idle send should be this process's ({}): {reply}",
+        std::process::id()
+    );
+    Ok(format!(
+        "reply_after_idle gap {gap} ms after {slept_ms} ms idle"
     ))
 }
 

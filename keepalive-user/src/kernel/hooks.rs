@@ -164,6 +164,10 @@ pub struct Signal {
     /// Only needed when connection context lives in the fallback map (which must be cleaned
     /// up); socket storage frees itself.
     pub fallback_context_only: bool,
+    /// Whether the signal lives only in the connection's context (the send after idle waits
+    /// there for its reply): its kprobe variant, which cannot reach socket storage, works
+    /// only with the bounded map.
+    pub context_only: bool,
     /// Candidate hooks, best first.
     pub hooks: &'static [Hook],
 }
@@ -175,6 +179,7 @@ pub const SIGNALS: &[Signal] = &[
         without_it: "no local_close findings for this host's own resets",
         required: true,
         fallback_context_only: false,
+        context_only: false,
         hooks: &[
             SEND_RESET_TP,
             Hook::Fentry {
@@ -201,6 +206,7 @@ pub const SIGNALS: &[Signal] = &[
         without_it: "no no_socket or bad_state findings (RSTs answering segments)",
         required: false,
         fallback_context_only: false,
+        context_only: false,
         hooks: &[
             SEND_RESET_TP,
             Hook::Fentry {
@@ -222,6 +228,7 @@ pub const SIGNALS: &[Signal] = &[
         without_it: "no peer_reset or middlebox RST findings",
         required: true,
         fallback_context_only: false,
+        context_only: false,
         hooks: &[
             Hook::BtfTracepoint {
                 program: "tcp_receive_reset",
@@ -242,6 +249,7 @@ pub const SIGNALS: &[Signal] = &[
                      establishment, the peer's FIN, the state before close",
         required: true,
         fallback_context_only: false,
+        context_only: false,
         hooks: &[Hook::BtfTracepoint {
             program: "inet_sock_set_state",
             tracepoint: "inet_sock_set_state",
@@ -253,6 +261,7 @@ pub const SIGNALS: &[Signal] = &[
         without_it: "no ETIMEDOUT / ECONNREFUSED deaths (silent drops go unseen)",
         required: false,
         fallback_context_only: false,
+        context_only: false,
         hooks: &[Hook::BtfTracepoint {
             program: "inet_sk_error_report",
             tracepoint: "inet_sk_error_report",
@@ -264,6 +273,7 @@ pub const SIGNALS: &[Signal] = &[
         without_it: "no keepalive probe progress",
         required: false,
         fallback_context_only: false,
+        context_only: false,
         hooks: &[
             Hook::BtfTracepoint {
                 program: "timer_expire_entry",
@@ -283,28 +293,47 @@ pub const SIGNALS: &[Signal] = &[
         without_it: "no learned idle timeout (survived gaps)",
         required: false,
         fallback_context_only: false,
-        hooks: &[Hook::BtfTracepoint {
-            program: "tcp_sendmsg_locked",
-            tracepoint: "tcp_sendmsg_locked",
-            reason: TracepointReason::Unrelated,
-        }],
+        context_only: true,
+        hooks: &[
+            Hook::BtfTracepoint {
+                program: "tcp_sendmsg_locked",
+                tracepoint: "tcp_sendmsg_locked",
+                reason: TracepointReason::Unrelated,
+            },
+            Hook::Fentry {
+                targets: &[target("fentry_tcp_sendmsg", "tcp_sendmsg")],
+            },
+            Hook::Kprobe {
+                targets: &[target("kprobe_tcp_sendmsg", "tcp_sendmsg")],
+            },
+        ],
     },
     Signal {
         name: "reply after idle",
         without_it: "no learned idle timeout (survived gaps)",
         required: false,
         fallback_context_only: false,
-        hooks: &[Hook::BtfTracepoint {
-            program: "sock_recv_length",
-            tracepoint: "sock_recv_length",
-            reason: TracepointReason::Unrelated,
-        }],
+        context_only: true,
+        hooks: &[
+            Hook::BtfTracepoint {
+                program: "sock_recv_length",
+                tracepoint: "sock_recv_length",
+                reason: TracepointReason::Unrelated,
+            },
+            Hook::Fentry {
+                targets: &[target("fentry_tcp_rcv_established", "tcp_rcv_established")],
+            },
+            Hook::Kprobe {
+                targets: &[target("kprobe_tcp_rcv_established", "tcp_rcv_established")],
+            },
+        ],
     },
     Signal {
         name: "segment TTL",
         without_it: "no TTL evidence (forged RSTs cannot be told from the peer's)",
         required: false,
         fallback_context_only: false,
+        context_only: false,
         hooks: &[Hook::CgroupSkbIngress {
             program: "segment_ttl",
         }],
@@ -314,6 +343,7 @@ pub const SIGNALS: &[Signal] = &[
         without_it: "contexts of destroyed sockets stay in the bounded map until evicted",
         required: false,
         fallback_context_only: true,
+        context_only: false,
         hooks: &[Hook::BtfTracepoint {
             program: "tcp_destroy_sock",
             tracepoint: "tcp_destroy_sock",

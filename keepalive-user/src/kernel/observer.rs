@@ -247,6 +247,11 @@ impl Observer {
                 outcome = if hook.programs().iter().all(|p| attached.contains(p)) {
                     // Already attached for another signal (one program, two signals).
                     Ok(())
+                } else if signal.context_only
+                    && hook.kind() == HookKind::Kprobe
+                    && context == ContextStore::SocketStorage
+                {
+                    Err(KPROBE_WITHOUT_CONTEXT.to_owned())
                 } else if signal.name == "keepalive timer" && hook.kind() == HookKind::Tracepoint {
                     keepalive_timer
                         .as_ref()
@@ -549,6 +554,11 @@ pub fn cgroup2_root() -> Option<PathBuf> {
         (fstype == "cgroup2").then(|| PathBuf::from(target))
     })
 }
+
+/// Why a signal that lives in the context gets no kprobe while the context is in socket
+/// storage: the kprobe would never find the context it waits on.
+const KPROBE_WITHOUT_CONTEXT: &str = "kprobes cannot reach socket storage, where this signal \
+                                      waits (`--hooks kprobe` keeps contexts in the bounded map)";
 
 /// First kernel whose tracing programs may use socket storage.
 const TRACING_SOCKET_STORAGE: (u32, u32) = (5, 11);
