@@ -53,8 +53,9 @@ pub const RECORD_VERSION: u32 = 2;
 pub mod counter {
     /// Records the ring buffer had no room for.
     pub const LOST: u32 = 0;
-    /// RSTs this host sent refusing a bare SYN (a closed port, a port scan, a SYN flood): no
-    /// connection died, so they are counted rather than sent.
+    /// RSTs this host sent answering a SYN (a closed port, a port scan, a SYN flood) or a
+    /// SYN-ACK it has no connecting socket for (a flood's backscatter): no connection died,
+    /// so they are counted rather than sent.
     pub const SYN_REFUSALS: u32 = 1;
     /// Connections whose context could not be created (socket storage or the fallback map
     /// refused an entry): their records carry no context.

@@ -24,8 +24,10 @@ const ETH_IPV6: u8 = 6;
 
 /// Emits [`EventKind::ResetSent`]. `sk` is NULL when no socket owns the segment being
 /// answered, `skb` is NULL for an RST on the socket's own connection, `reason` is `None`
-/// when the hook has no reset reason. An RST refusing a bare SYN (a closed port, a scan, a
-/// SYN flood) ends no connection: it is counted, not sent.
+/// when the hook has no reset reason. An RST answering a SYN ends no connection: refusing a
+/// bare SYN (a closed port, a scan, a SYN flood) or a SYN-ACK for which this host has no
+/// connecting socket (the backscatter of a flood spoofing this host's address, or an answer
+/// after the connect was given up). It is counted, not sent: strangers choose how many.
 #[inline(always)]
 pub fn reset_sent<M: Memory>(
     sk: *const u8,
@@ -34,7 +36,7 @@ pub fn reset_sent<M: Memory>(
     cookie: u64,
     context: Option<&mut ConnContext>,
 ) {
-    if !skb.is_null() && answers_bare_syn(skb) {
+    if !skb.is_null() && answers_syn(skb) {
         count(counter::SYN_REFUSALS);
         return;
     }
@@ -146,15 +148,16 @@ fn tcp_header(skb: *const u8) -> *const u8 {
     (head as *const u8).wrapping_add(transport as usize)
 }
 
-/// Whether `skb` is a bare SYN: a new connection attempt, not a segment of a connection.
+/// Whether `skb` is a SYN or a SYN-ACK: a connection attempt or its answer, not a segment
+/// of an established connection.
 #[inline(always)]
-fn answers_bare_syn(skb: *const u8) -> bool {
+fn answers_syn(skb: *const u8) -> bool {
     let tcp = tcp_header(skb);
     if tcp.is_null() {
         return false;
     }
     let segment: u8 = Probe::read(tcp, TCP_FLAGS_BYTE);
-    segment & tcp_flags::SYN != 0 && segment & (tcp_flags::ACK | tcp_flags::RST) == 0
+    segment & tcp_flags::SYN != 0 && segment & tcp_flags::RST == 0
 }
 
 /// Takes the addresses from the segment being answered: its source is the remote end. A

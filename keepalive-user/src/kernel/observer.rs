@@ -165,7 +165,8 @@ impl ContextStore {
 pub struct KernelCounters {
     /// Records the ring buffer had no room for.
     pub lost: u64,
-    /// RSTs refusing a bare SYN (closed port, scan, flood): no connection died.
+    /// RSTs answering a SYN or a SYN-ACK (closed port, scan, flood, backscatter): no
+    /// connection died.
     pub syn_refusals: u64,
     /// Connections whose context could not be created.
     pub context_failures: u64,

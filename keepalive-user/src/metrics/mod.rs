@@ -173,7 +173,7 @@ impl Metrics {
         let syn_refusals = counter(
             &mut registry,
             "syn_refusals",
-            "RSTs refusing a bare SYN (closed port, scan), counted in the kernel instead of sent",
+            "RSTs answering a SYN (closed port, scan) or a SYN-ACK without a connecting socket (backscatter), counted in the kernel instead of sent",
         );
         let context_failures = counter(
             &mut registry,

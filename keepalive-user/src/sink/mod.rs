@@ -163,7 +163,8 @@ impl HookStatus {
 pub struct LossReport {
     /// Events the kernel programs could not reserve in the ring buffer (it was full).
     pub kernel_lost: u64,
-    /// RSTs refusing a bare SYN (a closed port, a scan, a SYN flood), counted in the kernel
+    /// RSTs answering a SYN (a closed port, a scan, a SYN flood) or a SYN-ACK without a
+    /// connecting socket (backscatter), counted in the kernel
     /// instead of sent: no connection died.
     pub syn_refusals: u64,
     /// Connections the kernel side could not keep a context for (their records say less).

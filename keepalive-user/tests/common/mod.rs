@@ -45,6 +45,11 @@ impl Daemon {
             .unwrap_or_else(|error| panic!("{error}"))
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.0.pid()
+    }
+
     /// The `ready` line.
     pub fn ready(&self) -> &Value {
         self.0.ready()
