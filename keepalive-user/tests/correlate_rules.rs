@@ -1494,7 +1494,7 @@ fn without_reset_reasons_the_reply_to_data_after_close_is_an_abort_on_data() {
         answers_segment: true,
         ..ResetFacts::default()
     });
-    run.feed(reply).tick(10_000);
+    run.feed(reply.clone()).tick(10_000);
     let f = run.only();
     assert_eq!(
         (f.verdict, f.kind, f.confidence),
@@ -1505,6 +1505,15 @@ fn without_reset_reasons_the_reply_to_data_after_close_is_an_abort_on_data() {
         )
     );
     assert!(f.facts.contains(&Fact::NoKernelReason));
+    // In FIN_WAIT1 (the data carries the ACK of this host's FIN) the kernel closes without
+    // `tcp_reset`: the reply from the socket in CLOSE is the only record, as on 6.1.
+    let mut fin_wait1 = Run::new();
+    fin_wait1.feed(reply.clone()).tick(10_000);
+    assert_eq!(fin_wait1.only().kind, FindingKind::AbortOnData);
+    // A reply from a socket that is not closed is a segment that did not fit.
+    let mut open = Run::new();
+    open.feed(reply.state(Established)).tick(10_000);
+    assert_eq!(open.only().kind, FindingKind::BadState);
 }
 
 #[test]

@@ -281,6 +281,16 @@ pub fn keepalive_race(daemon: &mut Daemon, expect: &Expect) -> Result<String> {
         idle_at_fin.abs_diff(slept) <= IDLE_TOLERANCE_MS,
         "idle at the FIN {idle_at_fin} ms, slept {slept} ms: {race}"
     );
+    if !expect.replies {
+        // Before 6.10 the tracepoints show no RST in reply, and when the client's data carries
+        // the ACK of the server's FIN the kernel closes without `tcp_reset`: the server's end
+        // may send nothing.
+        return Ok(format!(
+            "keepalive_race {}, idle at the FIN {idle_at_fin} ms; no hook for the server's \
+             RST in reply",
+            race["confidence"]
+        ));
+    }
     let server_side = daemon.wait_for("the server's finding", WAIT, |v| {
         v["type"] == "finding" && v["local"] == remote
     })?;

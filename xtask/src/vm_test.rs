@@ -171,6 +171,9 @@ fn boot_series(
     if golden {
         keep_golden(series, &console.lines, daemon)?;
     }
+    if !console.passed {
+        bail!("the guest test failed on kernel {series} (see the [{series}] lines above)");
+    }
     Ok(Passed {
         release,
         boot_and_tests: console.elapsed,

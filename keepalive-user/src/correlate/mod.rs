@@ -250,15 +250,14 @@ impl Correlator {
 
     fn on_reset_sent(&mut self, ev: &TcpEvent, out: &mut Vec<Finding>) {
         // Without reset reasons (before 6.10) the RST answering data that arrived after this
-        // host's close comes from `tcp_v{4,6}_send_reset`, like any reply; it is the one
-        // the held `tcp_reset` of the same socket waits for (see `on_reset_received`).
+        // host's close comes from `tcp_v{4,6}_send_reset`, like any reply, on the full socket
+        // the kernel has just closed (`tcp_done` in FIN_WAIT1, `tcp_reset` in FIN_WAIT2, where
+        // the held record of the same socket waits for it, see `on_reset_received`): no other
+        // reply comes from a socket in CLOSE.
         let data_after_close = ev.reason.is_none()
             && ev.cookie != 0
-            && ev.reset_facts.is_some_and(|f| f.answers_segment)
-            && self
-                .recent
-                .get(&ev.cookie)
-                .is_some_and(|c| matches!(c.outcome, Outcome::Provisional(_)));
+            && ev.old_state == TcpState::Close
+            && ev.reset_facts.is_some_and(|f| f.answers_segment);
         if rules::is_reply_reset(ev) && !data_after_close {
             if rules::refuses_connection_attempt(ev) {
                 return;
@@ -287,7 +286,7 @@ impl Correlator {
         } else {
             ev.old_state
         };
-        if state == TcpState::Close {
+        if state == TcpState::Close && !data_after_close {
             state = TcpState::Unknown;
         }
         let facts = self.facts(ev, &conn, state, None);

@@ -225,9 +225,10 @@ pub(in crate::correlate) fn active_reset(f: &Facts) -> Decision {
 /// choice of reason does.
 ///
 /// - Keepalive on and its probes used up: the keepalive timer gave up; see [`silent_timeout`].
-/// - An RST answering a segment on a socket this host had closed (FIN_WAIT1/2): data arrived
-///   after the close and the kernel reset (RFC 1122, `tcp_rcv_state_process`):
-///   `abort_on_data`, as TCP_ABORT_ON_DATA says on later kernels.
+/// - An RST answering a segment from the full socket the kernel had just closed (the only
+///   replies that come this way): data arrived after this host's close and the kernel reset
+///   (RFC 1122, `tcp_rcv_state_process` in FIN_WAIT1/2): `abort_on_data`, as
+///   TCP_ABORT_ON_DATA says on later kernels.
 /// - `sk_err` ECONNABORTED: `tcp_abort` (`ss -K`): `destroyed`.
 /// - Unread data (more than a FIN, or anything without a zero linger): `__tcp_close` checks it
 ///   first, so `abort_on_close`.
@@ -260,7 +261,7 @@ fn from_socket_state(f: &Facts) -> Decision {
     let unread = facts.unread_bytes;
     if facts.probes_exhausted {
         silent_timeout(f, Silence::KeepaliveTimeout)
-    } else if facts.answers_segment && matches!(f.state, TcpState::FinWait1 | TcpState::FinWait2) {
+    } else if facts.answers_segment {
         local(
             FindingKind::AbortOnData,
             "the peer sent data after this host had closed the socket, and the kernel answered \
