@@ -5,8 +5,9 @@
     sudo python3 keepalive-schema/golden/make-loopback.py target/debug/keepalive-observer
 
 writes loopback.recording.jsonl beside this file and, by replaying it, loopback.findings.jsonl.
-When only the findings' output changed (not the kernel side), re-make the findings from the
-committed recording with the real program, no root needed:
+When only the findings' output changed (not the kernel side), re-make the findings of every
+committed recording here (this one and the kernel streams of `cargo xtask vm-test --golden`)
+with the real program, no root needed:
 
     python3 keepalive-schema/golden/make-loopback.py --replay-only target/debug/keepalive-observer
 
@@ -25,7 +26,6 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RECORDING = os.path.join(HERE, "loopback.recording.jsonl")
-FINDINGS = os.path.join(HERE, "loopback.findings.jsonl")
 
 
 def scenario():
@@ -75,18 +75,21 @@ def scenario():
     client.close()
 
 
-def write_findings(observer):
-    replay = subprocess.run([observer, "replay", "--format", "json", RECORDING],
+def write_findings(observer, recording=RECORDING):
+    replay = subprocess.run([observer, "replay", "--format", "json", recording],
                             check=True, capture_output=True, text=True)
     findings = [l for l in replay.stdout.splitlines() if '"type":"finding"' in l]
-    with open(FINDINGS, "w") as out:
+    target = recording.replace(".recording.jsonl", ".findings.jsonl")
+    with open(target, "w") as out:
         out.write("\n".join(findings) + "\n")
-    print(f"{len(findings)} findings")
+    print(f"{os.path.basename(target)}: {len(findings)} findings")
 
 
 def main():
     if len(sys.argv) == 3 and sys.argv[1] == "--replay-only":
-        write_findings(sys.argv[2])
+        for name in sorted(os.listdir(HERE)):
+            if name.endswith(".recording.jsonl"):
+                write_findings(sys.argv[2], os.path.join(HERE, name))
         return
     if len(sys.argv) != 2:
         sys.exit("usage: make-loopback.py [--replay-only] PATH/TO/keepalive-observer")

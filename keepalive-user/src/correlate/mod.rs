@@ -259,7 +259,7 @@ impl Correlator {
             && ev.old_state == TcpState::Close
             && ev.reset_facts.is_some_and(|f| f.answers_segment);
         if rules::is_reply_reset(ev) && !data_after_close {
-            if rules::refuses_connection_attempt(ev) {
+            if rules::refuses_connection_attempt(ev) || rules::answers_a_reset(ev) {
                 return;
             }
             // One finding per RST: each answers one segment, and the socket (none, a

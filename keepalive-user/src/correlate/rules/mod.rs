@@ -211,6 +211,8 @@ impl Decision {
 
 pub(super) use self::{
     received::reset_received,
-    sent::{active_reset, is_reply_reset, refuses_connection_attempt, reply_reset},
+    sent::{
+        active_reset, answers_a_reset, is_reply_reset, refuses_connection_attempt, reply_reset,
+    },
     silent::socket_error,
 };

@@ -52,6 +52,13 @@ pub(in crate::correlate) fn refuses_connection_attempt(ev: &TcpEvent) -> bool {
         .is_some_and(|f| f & tcp_flags::SYN != 0 && f & (tcp_flags::ACK | tcp_flags::RST) == 0)
 }
 
+/// Whether the "reply" answers an RST: the kernel never answers one (`tcp_v{4,6}_send_reset`
+/// returns at once), but fentry and kprobe hooks on those functions fire on entry, before
+/// that check. Nothing was sent, so there is no finding.
+pub(in crate::correlate) fn answers_a_reset(ev: &TcpEvent) -> bool {
+    ev.tcp_flags.is_some_and(|f| f & tcp_flags::RST != 0)
+}
+
 /// An RST this host sent in reply to a segment.
 ///
 /// - No socket (NO_SOCKET), a TIME_WAIT socket, or only a listener matched: `local_close` /
