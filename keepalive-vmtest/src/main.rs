@@ -1,12 +1,14 @@
 //! Guest test driver for `cargo xtask vm-test`. Inside a virtual machine booted with another
 //! kernel, it runs keepalive-observer once per hook choice (`--hooks auto`, `tracepoint`,
 //! `fentry`, `kprobe`), checks which hook each signal got, makes the resets of the privileged
-//! event tests and a reply after an idle gap happen on loopback and checks the daemon's
-//! events and findings. It prints one
+//! event tests and a reply after an idle gap happen on loopback, runs a ladder of idle gaps
+//! through a conntrack middlebox in network namespaces, and checks the daemon's events and
+//! findings. It prints one
 //! line per check and exits 0 only when all passed. Every run is recorded (`--record`); with
 //! `--print-recordings` the recordings go to the console, one line each prefixed with
 //! [`RECORDING_PREFIX`] and the hook choice, for `cargo xtask vm-test --golden` to keep.
 
+mod ladder;
 mod scenarios;
 
 use std::{
@@ -20,6 +22,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 use keepalive_lab::daemon::{Daemon, Launch};
 use serde_json::Value;
 
+use crate::ladder::middlebox_ladder;
 use crate::scenarios::{
     Expect, idle_reply, keepalive_race, keepalive_timeout, linger_zero, no_socket, unread_data,
 };
@@ -48,6 +51,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("keepalive_timeout", keepalive_timeout),
     ("keepalive_race", keepalive_race),
     ("idle_reply", idle_reply),
+    ("middlebox_ladder", middlebox_ladder),
 ];
 
 /// Starts each console line of a printed recording, followed by the hook choice.

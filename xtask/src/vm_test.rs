@@ -5,6 +5,7 @@
 
 mod initramfs;
 mod kernel;
+mod modules;
 mod qemu;
 
 use std::fs;
@@ -19,6 +20,7 @@ use self::kernel::Apt;
 use crate::build;
 use crate::cmd;
 use crate::setup;
+use keepalive_lab::Tool;
 use keepalive_lab::workspace::host_toolchain;
 
 /// The guest's /init; `@HOOKS@` becomes the hook choices, `@RECORDINGS@` the driver's
@@ -165,7 +167,8 @@ fn boot_series(
     kernel::vmlinux(&root, &release, &vmlinux)?;
     let initrd = dir.join("initramfs.cpio");
     let config = root.join("boot").join(format!("config-{release}"));
-    let image = initramfs(daemon, driver, &config, &release, hooks, golden)?;
+    let modules = modules::closure(&root, &release, modules::MIDDLEBOX)?;
+    let image = initramfs(daemon, driver, &config, &release, &modules, hooks, golden)?;
     fs::write(&initrd, image).with_context(|| format!("writing {}", initrd.display()))?;
     let console = qemu::boot(&vmlinux, &initrd, series, BOOT_TIMEOUT)?;
     if golden {
@@ -187,12 +190,14 @@ fn boot_series(
 }
 
 /// busybox, /init, the daemon and the driver with their shared libraries, the kernel's
-/// configuration (the daemon reads HZ from it) and /dev/console.
+/// configuration (the daemon reads HZ from it), /dev/console, and for the middlebox `ip`,
+/// `nft` and the kernel modules, which /init loads in the order `lib/modules/load` lists.
 fn initramfs(
     daemon: &Path,
     driver: &Path,
     config: &Path,
     release: &str,
+    modules: &[modules::Module],
     hooks: &str,
     golden: bool,
 ) -> Result<Vec<u8>> {
@@ -210,6 +215,27 @@ fn initramfs(
     image.program_with_libraries(daemon, "keepalive-observer")?;
     image.program_with_libraries(driver, "keepalive-vmtest")?;
     image.copy(config, &format!("boot/config-{release}"))?;
+    for tool in [Tool::Ip, Tool::Nft] {
+        let path = tool.locate().with_context(|| {
+            format!(
+                "{} is missing: install {} (`cargo xtask setup`)",
+                tool.program(),
+                tool.package()
+            )
+        })?;
+        image.program_with_libraries(&path, &format!("usr/sbin/{}", tool.program()))?;
+    }
+    let mut load = String::new();
+    for module in modules {
+        image.file(
+            &format!("lib/modules/{}.ko", module.name),
+            0o644,
+            &module.object,
+        );
+        load.push_str(&module.name);
+        load.push('\n');
+    }
+    image.file("lib/modules/load", 0o644, load.as_bytes());
     image.char_device("dev/console", 5, 1);
     Ok(image.finish())
 }
