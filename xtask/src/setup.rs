@@ -34,6 +34,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("lz4", "cargo xtask vm-test (6.1 kernel image)"),
     ("zstd", "cargo xtask vm-test (6.12 kernel image)"),
     (
+        "kmod",
+        "cargo xtask vm-test (depmod, for the guest middlebox's modules)",
+    ),
+    (
         "prometheus",
         "the metrics tests (promtool test rules, a Prometheus server scraping the daemon)",
     ),

@@ -1,5 +1,6 @@
 //! Kernel modules the guest's middlebox needs (veth, nftables, conntrack and their
-//! dependencies), taken from the kernel package through its `modules.dep` and decompressed
+//! dependencies), taken from the kernel package through the `modules.dep` depmod writes for it,
+//! and decompressed
 //! here, so that the guest's busybox `insmod` loads them whatever compression the package
 //! uses (6.12's are `.ko.xz`).
 
@@ -37,6 +38,19 @@ pub fn closure(root: &Path, release: &str, wanted: &[&str]) -> Result<Vec<Module
         fs::read_to_string(dir.join(file))
             .with_context(|| format!("reading {}/{file}", dir.display()))
     };
+    // The package leaves `modules.dep` to depmod at installation.
+    let depmod = Command::new("depmod")
+        .arg("-b")
+        .arg(root)
+        .arg(release)
+        .output()
+        .context("running depmod (install kmod: `cargo xtask setup`)")?;
+    if !depmod.status.success() {
+        bail!(
+            "depmod for kernel {release}: {}",
+            String::from_utf8_lossy(&depmod.stderr).trim()
+        );
+    }
     let dep = read("modules.dep")?;
     let builtin = read("modules.builtin")?;
     let table = parse_dep(&dep);
