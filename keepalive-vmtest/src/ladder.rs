@@ -71,13 +71,15 @@ fn ladders(topology: &Topology, daemon: &mut Daemon) -> Result<String> {
             stream.set_read_timeout(Some(IO_TIMEOUT))?;
             stream.set_write_timeout(Some(IO_TIMEOUT))?;
             round_trip(&mut stream).with_context(|| format!("first exchange with {to}"))?;
-            streams.push((stream, gap));
+            // Asked now: a reset socket has no peer address any more.
+            let local = stream.local_addr()?;
+            streams.push((stream, gap, to, local));
         }
     }
     let outcomes: Vec<io::Result<()>> = thread::scope(|scope| {
         let steps: Vec<_> = streams
             .iter_mut()
-            .map(|(stream, gap)| {
+            .map(|(stream, gap, _, _)| {
                 let gap = Duration::from_secs(*gap);
                 scope.spawn(move || {
                     thread::sleep(gap);
@@ -96,8 +98,8 @@ fn ladders(topology: &Topology, daemon: &mut Daemon) -> Result<String> {
     let mut windows = Vec::new();
     for to in servers {
         let mut last_death: Option<Value> = None;
-        for ((stream, gap), outcome) in streams.iter().zip(&outcomes) {
-            if stream.peer_addr()? != to {
+        for ((_, gap, peer, local), outcome) in streams.iter().zip(&outcomes) {
+            if *peer != to {
                 continue;
             }
             let died = *gap > TIMEOUT_SECS;
@@ -109,7 +111,7 @@ fn ladders(topology: &Topology, daemon: &mut Daemon) -> Result<String> {
             if !died {
                 continue;
             }
-            let local = stream.local_addr()?.to_string();
+            let local = local.to_string();
             let finding = daemon.wait_for("a ladder step's death", WAIT, |v| {
                 v["type"] == "finding" && v["local"] == local.as_str()
             })?;
