@@ -7,6 +7,7 @@ use aya_ebpf::{macros::kprobe, programs::ProbeContext};
 use crate::{
     context::{self, Create},
     idle_reuse::{reply_after_idle, send_after_idle, sends_established},
+    idle_reuse_fentry::answer_is_reset,
     kernel::{Probe, mark_origin, stored_cookie},
 };
 
@@ -28,11 +29,14 @@ pub fn kprobe_tcp_sendmsg(ctx: ProbeContext) -> u32 {
 
 #[kprobe]
 pub fn kprobe_tcp_rcv_established(ctx: ProbeContext) -> u32 {
-    let Some(sk) = ctx.arg::<*const u8>(0) else {
+    let (Some(sk), Some(skb)) = (ctx.arg::<*const u8>(0), ctx.arg::<*const u8>(1)) else {
         return 0;
     };
     let cookie = stored_cookie(sk);
-    if let Some(context) = context::by_cookie(cookie, Create::No) {
+    let Some(context) = context::by_cookie(cookie, Create::No) else {
+        return 0;
+    };
+    if context.idle_send_ns != 0 && !answer_is_reset(skb) {
         reply_after_idle::<Probe>(sk, cookie, 0, context);
     }
     0

@@ -148,15 +148,21 @@ fn tcp_header(skb: *const u8) -> *const u8 {
     (head as *const u8).wrapping_add(transport as usize)
 }
 
+/// The TCP flags of the segment `skb` holds; 0 when it has no head.
+#[inline(always)]
+pub fn segment_flags(skb: *const u8) -> u8 {
+    let tcp = tcp_header(skb);
+    if tcp.is_null() {
+        return 0;
+    }
+    Probe::read(tcp, TCP_FLAGS_BYTE)
+}
+
 /// Whether `skb` is a SYN or a SYN-ACK: a connection attempt or its answer, not a segment
 /// of an established connection.
 #[inline(always)]
 fn answers_syn(skb: *const u8) -> bool {
-    let tcp = tcp_header(skb);
-    if tcp.is_null() {
-        return false;
-    }
-    let segment: u8 = Probe::read(tcp, TCP_FLAGS_BYTE);
+    let segment = segment_flags(skb);
     segment & tcp_flags::SYN != 0 && segment & tcp_flags::RST == 0
 }
 
