@@ -27,6 +27,7 @@ mod procs;
 mod programs;
 mod report;
 mod results;
+mod soak;
 mod storm;
 
 use std::fs;
@@ -84,6 +85,10 @@ pub struct Settings {
     /// about 8 GiB of kernel memory).
     #[arg(long)]
     pub million: bool,
+    /// Seconds of the soak: connection churn and resets while the daemon's RSS and open
+    /// descriptors are sampled (longer runs find slower leaks).
+    #[arg(long, value_name = "SECONDS", default_value = "20", value_parser = parse_seconds)]
+    pub soak: Duration,
     /// Run only these phases (repeatable); the results file is written only when all run.
     #[arg(long = "phase", value_enum, value_name = "PHASE")]
     pub phases: Vec<Phase>,
@@ -104,6 +109,9 @@ pub enum Phase {
     Idle,
     /// Workload 5: a burst of resets from one loop.
     Burst,
+    /// The soak: churn and resets for `--soak` seconds, the daemon's RSS and descriptors over
+    /// time (printed, not written to the results file).
+    Soak,
 }
 
 /// Idle connections of `--million`.
@@ -195,6 +203,9 @@ pub fn run(settings: &Settings) -> Result<()> {
     }
     if wants(Phase::Burst) {
         results.burst = Some(burst::run(&tools)?);
+    }
+    if wants(Phase::Soak) {
+        soak::run(settings.soak, settings.workers as usize, &tools)?;
     }
     println!("\n{}", results.table());
     if all {
