@@ -8,6 +8,7 @@ use std::{
 
 use clap::{Args, Parser, Subcommand, ValueEnum, builder::TypedValueParser as _};
 use keepalive_observer::{
+    event::Comm,
     filter::{Cidr, Filter, parse_netns, parse_process},
     kernel::{btf::VMLINUX_BTF, kallsyms::KALLSYMS, observer::cgroup2_dir},
     sockets::{RemoteFilter, windows::GivenWindow},
@@ -246,7 +247,11 @@ impl RunArgs {
             remotes: self.remote.clone(),
             ports: self.port.clone(),
             netns: self.netns.clone(),
-            processes: self.process.clone(),
+            processes: self
+                .process
+                .iter()
+                .map(|name| Comm::from(name.as_str()))
+                .collect(),
         }
     }
 }
@@ -345,7 +350,7 @@ mod tests {
         assert_eq!(filtered.remotes.len(), 2);
         assert_eq!(
             (filtered.ports, filtered.netns, filtered.processes),
-            (vec![443], vec![4_026_531_840], vec!["java".to_owned()])
+            (vec![443], vec![4_026_531_840], vec![Comm::from("java")])
         );
         for (flag, bad) in [
             ("--remote", "198.51.100.0/40"),

@@ -12,7 +12,10 @@ use std::{
     str::FromStr,
 };
 
-use crate::{correlate::Finding, event::TcpEvent};
+use crate::{
+    correlate::Finding,
+    event::{Comm, TcpEvent},
+};
 
 /// The longest command name the kernel keeps (`TASK_COMM_LEN` - 1).
 const COMM_MAX: usize = 15;
@@ -114,19 +117,23 @@ pub struct Filter {
     pub ports: Vec<u16>,
     /// Network namespace inodes (applied in the kernel).
     pub netns: Vec<u32>,
-    /// Command names of the connection's owner (applied here).
-    pub processes: Vec<String>,
+    /// Command names of the connection's owner (applied here), as the kernel's bytes: an
+    /// event's name is compared as it is, a finding's in its escaped form.
+    pub processes: Vec<Comm>,
 }
 
 impl Filter {
     /// Whether an event is about a process being watched.
     pub fn admits_event(&self, event: &TcpEvent) -> bool {
+        if self.processes.is_empty() {
+            return true;
+        }
         let owner = event
             .context
             .as_ref()
             .and_then(|context| context.owner.as_ref())
             .or(event.task.as_ref());
-        self.admits_comm(owner.map(|task| task.comm.to_string()).as_deref())
+        owner.is_some_and(|task| self.processes.contains(&task.comm))
     }
 
     /// Whether a finding is about a process being watched.
@@ -136,7 +143,7 @@ impl Filter {
 
     fn admits_comm(&self, comm: Option<&str>) -> bool {
         self.processes.is_empty()
-            || comm.is_some_and(|comm| self.processes.iter().any(|name| name == comm))
+            || comm.is_some_and(|comm| self.processes.iter().any(|name| name.to_string() == comm))
     }
 
     /// The filters in words, for the start-up report.
@@ -150,7 +157,10 @@ impl Filter {
         list("remote", self.remotes.iter().map(Cidr::to_string).collect());
         list("port", self.ports.iter().map(u16::to_string).collect());
         list("netns", self.netns.iter().map(u32::to_string).collect());
-        list("process", self.processes.clone());
+        list(
+            "process",
+            self.processes.iter().map(Comm::to_string).collect(),
+        );
         if parts.is_empty() {
             "none: every connection".to_owned()
         } else {
@@ -207,7 +217,7 @@ mod tests {
     #[test]
     fn a_process_filter_needs_a_known_owner() {
         let filter = Filter {
-            processes: vec!["java".to_owned()],
+            processes: vec![Comm::from("java")],
             ..Filter::default()
         };
         assert!(filter.admits_comm(Some("java")));
@@ -215,6 +225,16 @@ mod tests {
         assert!(!filter.admits_comm(None));
         assert!(Filter::default().admits_comm(None));
         assert_eq!(filter.describe(), "process java");
+        let odd = Filter {
+            processes: vec![Comm::from("a|b")],
+            ..Filter::default()
+        };
+        assert!(
+            odd.admits_comm(Some(r"a\x7cb")),
+            "a finding carries the escaped name"
+        );
+        assert!(!odd.admits_comm(Some("a|b")));
+        assert_eq!(odd.describe(), r"process a\x7cb");
         let both = Filter {
             ports: vec![80, 443],
             remotes: vec!["198.51.100.0/24".parse().unwrap()],
