@@ -12,7 +12,6 @@
 use std::{
     fs::{self, File},
     io::{self, Write as _},
-    net::UdpSocket,
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
@@ -20,7 +19,7 @@ use std::{
 
 use keepalive_schema::state::{self, Destination, FILE_NAME, Netns, PeerTtl, State, StateError};
 
-use crate::{correlate::Correlator, correlate::Learned, sink::WallClock};
+use crate::{correlate::Correlator, correlate::Learned, kernel::netns, sink::WallClock};
 
 /// The lock file's name in the state directory.
 const LOCK_NAME: &str = "state.lock";
@@ -139,7 +138,7 @@ impl StateDir {
         }
         Ok(Self {
             file: dir.join(FILE_NAME),
-            host_netns: own_netns_cookie().ok(),
+            host_netns: netns::current_cookie().ok(),
             boot_id: fs::read_to_string(BOOT_ID)
                 .map(|id| id.trim().to_owned())
                 .unwrap_or_default(),
@@ -305,27 +304,6 @@ impl StateWriter {
         }
         Ok(())
     }
-}
-
-/// The cookie of this process's network namespace (`SO_NETNS_COOKIE`, Linux 5.14).
-fn own_netns_cookie() -> io::Result<u64> {
-    let socket = UdpSocket::bind("127.0.0.1:0")?;
-    let mut cookie: u64 = 0;
-    let mut len = libc::socklen_t::try_from(size_of::<u64>()).map_err(io::Error::other)?;
-    // SAFETY: getsockopt writes at most `len` bytes into `cookie`, which has that size.
-    let result = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_NETNS_COOKIE,
-            (&raw mut cookie).cast(),
-            &raw mut len,
-        )
-    };
-    if result != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(cookie)
 }
 
 fn unix_ms(clock: WallClock, mono_ns: u64) -> u64 {

@@ -6,5 +6,6 @@ pub mod filter;
 pub mod hooks;
 pub mod hz;
 pub mod kallsyms;
+pub mod netns;
 pub mod observer;
 pub mod ring_fill;

@@ -17,7 +17,6 @@ use std::{
     collections::{HashMap, HashSet},
     io::{self, Write},
     net::{IpAddr, SocketAddr},
-    os::fd::AsRawFd as _,
     path::PathBuf,
     time::Duration,
 };
@@ -194,7 +193,12 @@ impl Auditor {
                 // iterator then reads from the socket to match the two.
                 let dump = diag::dump()?;
                 let audits = iter::read(link)?;
-                Ok((dump, audits, sysctls()?, netns_cookie()))
+                Ok((
+                    dump,
+                    audits,
+                    sysctls()?,
+                    crate::kernel::netns::current_cookie().ok(),
+                ))
             });
             match reading {
                 Ok(Ok((dump, audits, sysctls, cookie))) => readings.push(NamespaceReading {
@@ -337,25 +341,6 @@ fn connections(
             }
         })
         .collect()
-}
-
-/// The calling thread's namespace's cookie, from a socket made in it (Linux 5.14 and later;
-/// `None` before, and then windows learned outside the host's namespace do not apply).
-fn netns_cookie() -> Option<u64> {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
-    let mut cookie = 0u64;
-    let mut len = size_of::<u64>() as libc::socklen_t;
-    // SAFETY: the descriptor is open; `cookie` and `len` are valid for the kernel to write.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_NETNS_COOKIE,
-            (&raw mut cookie).cast(),
-            &raw mut len,
-        )
-    };
-    (rc == 0).then_some(cookie)
 }
 
 /// The calling thread's namespace's keepalive sysctls (`/proc/sys/net` shows the namespace
