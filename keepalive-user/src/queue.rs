@@ -41,8 +41,8 @@ pub trait Output: Send + 'static {
     fn is_final(error: &Self::Error) -> bool;
 }
 
-/// How many messages a queue dropped because it was full: a handle for the stats line and
-/// the metrics.
+/// How many messages a queue dropped because it was full, or that its output failed to take
+/// (a journal being restarted): a handle for the stats line and the metrics.
 #[derive(Clone, Debug, Default)]
 pub struct DropCounter(Arc<AtomicU64>);
 
@@ -99,10 +99,12 @@ impl<O: Output> Queue<O> {
             error: Mutex::new(None),
         });
         let writer_shared = Arc::clone(&shared);
+        let dropped = DropCounter::default();
+        let writer_dropped = dropped.clone();
         thread::Builder::new()
             .name(format!("{name} writer"))
             .spawn(move || {
-                write_all(output, &receiver, &writer_shared);
+                write_all(output, &receiver, &writer_shared, &writer_dropped);
                 // Later pushes fail at once rather than fill a queue nobody reads.
                 drop(receiver);
                 // The producer may have stopped waiting: nobody to tell then.
@@ -112,7 +114,7 @@ impl<O: Output> Queue<O> {
             name,
             sender: Some(sender),
             shared,
-            dropped: DropCounter::default(),
+            dropped,
             done: Mutex::new(done),
             grace,
             stalled_at: AtomicU64::new(NOT_STALLED),
@@ -252,12 +254,21 @@ impl<'a, E> Progress<'a, E> {
 }
 
 /// The thread: writes every message as it comes and flushes whenever the queue runs empty,
-/// until the producer closes the queue or the output can take nothing more.
-fn write_all<O: Output>(mut output: O, receiver: &Receiver<O::Message>, shared: &Shared<O::Error>) {
+/// until the producer closes the queue or the output can take nothing more. A message the
+/// output failed to take is counted in `dropped`.
+fn write_all<O: Output>(
+    mut output: O,
+    receiver: &Receiver<O::Message>,
+    shared: &Shared<O::Error>,
+    dropped: &DropCounter,
+) {
     let keep = |result: Result<(), O::Error>| match result {
         Ok(()) => true,
         Err(error) => {
             let last = O::is_final(&error);
+            if !last {
+                dropped.add();
+            }
             let mut slot = shared.error.lock().unwrap_or_else(PoisonError::into_inner);
             if slot.is_none() || last {
                 *slot = Some(error);
@@ -302,6 +313,9 @@ mod tests {
             self.gate.recv().map_err(|_| "gate closed".to_owned())?;
             if message == u32::MAX {
                 return Err("reader went away".to_owned());
+            }
+            if message >= 1000 {
+                return Err(format!("{message} not taken, the journal is restarting"));
             }
             self.written.send(message).map_err(|e| e.to_string())
         }
@@ -365,6 +379,27 @@ mod tests {
         assert!(error.contains("went away"));
         queue.push(7);
         assert_eq!(queue.dropped().get(), 1, "nobody takes it any more");
+    }
+
+    #[test]
+    fn messages_the_output_fails_to_take_are_counted_and_it_goes_on() {
+        let (queue, gate, written) = gated(8);
+        for message in [1, 1000, 1001, 2] {
+            queue.push(message);
+        }
+        for _ in 0..4 {
+            gate.send(()).unwrap();
+        }
+        let got: Vec<u32> = (0..2)
+            .map(|_| written.recv_timeout(Duration::from_secs(5)).unwrap())
+            .collect();
+        assert_eq!(got, [1, 2], "the output recovered after the failures");
+        assert_eq!(
+            queue.dropped().get(),
+            2,
+            "each message not taken is counted"
+        );
+        assert!(queue.take_error().is_some_and(|e| e.contains("restarting")));
     }
 
     #[test]

@@ -595,6 +595,21 @@ mod tests {
     }
 
     #[test]
+    fn a_journal_restarted_at_the_same_path_is_found_again() {
+        let journal = FakeJournal::bind("restarted");
+        let mut sink = journal.sink();
+        drop(journal);
+        assert!(matches!(
+            sink.finding(&testdata::finding()),
+            Err(SinkError::JournalSend(_))
+        ));
+        let restarted = FakeJournal::bind("restarted");
+        sink.finding(&testdata::finding())
+            .expect("sent to the restarted journal");
+        assert_eq!(restarted.receive()["RECORD_TYPE"], "finding");
+    }
+
+    #[test]
     fn send_failure_is_reported() {
         let journal = FakeJournal::bind("gone");
         let mut sink = journal.sink();
