@@ -174,6 +174,11 @@ pub async fn run(args: RunArgs, stderr_dropped: DropCounter) -> anyhow::Result<(
         args.state_interval,
     );
     let mut journal_failures: u64 = 0;
+    // With another output taking the records, standard output closed by its reader is one
+    // output lost (what it misses is counted as dropped), not a reason to stop observing.
+    let other_outputs =
+        args.record.is_some() || args.metrics.is_some() || drops.watches("journald");
+    let mut stdout_closed = false;
     loop {
         let mut print_stats = false;
         tokio::select! {
@@ -192,6 +197,15 @@ pub async fn run(args: RunArgs, stderr_dropped: DropCounter) -> anyhow::Result<(
         pipeline.flush();
         match pipeline.take_error() {
             None => {}
+            Some(PipelineError::Sink(SinkError::StdoutClosed)) if other_outputs => {
+                if !stdout_closed {
+                    stdout_closed = true;
+                    tracing::warn!(
+                        "standard output was closed by its reader; observing goes on for the \
+                         other outputs, and what standard output misses is counted as dropped"
+                    );
+                }
+            }
             Some(PipelineError::Sink(SinkError::StdoutClosed)) => break,
             // The journal restarting must not stop the observer: stdout still has the record.
             Some(PipelineError::Sink(SinkError::JournalSend(error))) => {

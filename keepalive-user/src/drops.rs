@@ -16,6 +16,11 @@ impl Drops {
         self.outputs.push((name, counter, 0));
     }
 
+    /// Whether the output `name` is watched (is open).
+    pub fn watches(&self, name: &str) -> bool {
+        self.outputs.iter().any(|(watched, _, _)| *watched == name)
+    }
+
     /// Copies the counts into `loss`, and warns as described above.
     pub fn update(&mut self, loss: &mut LossReport) {
         for (name, counter, warned) in &mut self.outputs {

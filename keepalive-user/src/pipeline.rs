@@ -96,12 +96,9 @@ impl Pipeline {
 
     /// One raw ring-buffer record. Errors are kept for [`Pipeline::take_error`]: this runs
     /// inside the ring buffer's drain loop, which cannot stop half-way. Records keep flowing
-    /// after a journal or recording error (stdout still gets them) and stop only when stdout
-    /// is closed.
+    /// after any output's error, stdout closed included (the other outputs and the
+    /// correlator still get them; whether to stop is the caller's decision).
     pub fn on_record(&mut self, bytes: &[u8]) {
-        if self.stopped() {
-            return;
-        }
         if let Some(recording) = &self.recording {
             recording.raw(bytes);
         }
@@ -116,9 +113,6 @@ impl Pipeline {
 
     /// One decoded event.
     pub fn on_event(&mut self, event: &TcpEvent) {
-        if self.stopped() {
-            return;
-        }
         // Counted whether printed or not: the stats line compares received with lost.
         self.loss.count_event(event.kind);
         let admitted = self.filter.admits_event(event);
