@@ -18,6 +18,7 @@ mod bpf;
 mod burst;
 mod churn;
 mod daemon;
+mod flood;
 mod hold;
 mod host;
 mod idle;
@@ -85,6 +86,9 @@ pub struct Settings {
     /// about 8 GiB of kernel memory).
     #[arg(long)]
     pub million: bool,
+    /// Seconds of each flood (SYNs to an open port, to a closed port, spoofed RSTs).
+    #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = parse_seconds)]
+    pub flood: Duration,
     /// Seconds of the soak: connection churn and resets while the daemon's RSS and open
     /// descriptors are sampled (longer runs find slower leaks).
     #[arg(long, value_name = "SECONDS", default_value = "20", value_parser = parse_seconds)]
@@ -109,6 +113,9 @@ pub enum Phase {
     Idle,
     /// Workload 5: a burst of resets from one loop.
     Burst,
+    /// Floods from the lab's namespaces: records per packet, daemon CPU and memory (printed,
+    /// not written to the results file).
+    Flood,
     /// The soak: churn and resets for `--soak` seconds, the daemon's RSS and descriptors over
     /// time (printed, not written to the results file).
     Soak,
@@ -203,6 +210,9 @@ pub fn run(settings: &Settings) -> Result<()> {
     }
     if wants(Phase::Burst) {
         results.burst = Some(burst::run(&tools)?);
+    }
+    if wants(Phase::Flood) {
+        flood::run(settings.flood, &tools)?;
     }
     if wants(Phase::Soak) {
         soak::run(settings.soak, settings.workers as usize, &tools)?;
