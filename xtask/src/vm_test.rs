@@ -29,6 +29,8 @@ const INIT: &str = include_str!("../assets/vm/init");
 /// One boot runs the daemon once per hook choice; software emulation is slow, so this is
 /// generous, but bounded.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
+/// The oldest kernel series claimed to work, and the Debian release that ships it.
+const OLDEST: (&str, &str) = ("5.10", "bullseye");
 /// Every hook choice the daemon offers.
 pub const ALL_HOOKS: &str = "auto,tracepoint,fentry,kprobe";
 /// How the guest driver prefixes each console line of a printed recording (then the hook
@@ -38,22 +40,27 @@ const RECORDING_PREFIX: &str = "VMTEST-RECORDING ";
 /// Which kernels to boot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Kernels {
+    /// Debian 11's kernel series, the oldest supported: no socket storage for tracing
+    /// programs (the bounded map holds the context).
+    #[value(name = "5.10")]
+    V5_10,
     /// Debian 12's own kernel series.
     #[value(name = "6.1")]
     V6_1,
     /// The 6.12 series Debian 12 also ships (from backports where the sources lack it).
     #[value(name = "6.12")]
     V6_12,
-    /// Both.
+    /// All three.
     All,
 }
 
 impl Kernels {
     fn series(self) -> &'static [&'static str] {
         match self {
+            Kernels::V5_10 => &["5.10"],
             Kernels::V6_1 => &["6.1"],
             Kernels::V6_12 => &["6.12"],
-            Kernels::All => &["6.1", "6.12"],
+            Kernels::All => &["5.10", "6.1", "6.12"],
         }
     }
 }
@@ -146,6 +153,15 @@ fn boot_series(
     let host = Apt::host();
     let (apt, package) = match host.newest_cloud_kernel(series)? {
         Some(package) => (host, package),
+        None if series == OLDEST.0 => {
+            let codename = OLDEST.1;
+            println!("vm-test: the {series} cloud kernel comes from Debian {codename}");
+            let private = Apt::with_release(&work.join(format!("apt-{codename}")), codename)?;
+            let package = private.newest_cloud_kernel(series)?.with_context(|| {
+                format!("no linux-image-{series}.*-cloud-amd64 package in Debian {codename}")
+            })?;
+            (private, package)
+        }
         None => {
             println!(
                 "vm-test: this machine's apt sources have no {series} cloud kernel; trying \

@@ -30,7 +30,20 @@ impl Apt {
     /// `<codename>` and `<codename>-backports`; its package lists are fetched here.
     pub fn with_backports(dir: &Path) -> Result<Apt> {
         let codename = os_codename()?;
-        let (uri, keyring) = debian_mirror(&codename)?;
+        let suites = [codename.clone(), format!("{codename}-backports")];
+        Apt::private(dir, &codename, &suites)
+    }
+
+    /// A private apt configuration under `dir` with the machine's Debian mirror for another
+    /// release, `codename` (`bullseye` for Debian 11's 5.10).
+    pub fn with_release(dir: &Path, codename: &str) -> Result<Apt> {
+        Apt::private(dir, &os_codename()?, &[codename.to_owned()])
+    }
+
+    /// A private apt configuration under `dir` with `suites` from the mirror the machine
+    /// uses for its own release, `host`.
+    fn private(dir: &Path, host: &str, suites: &[String]) -> Result<Apt> {
+        let (uri, keyring) = debian_mirror(host)?;
         let lists = dir.join("lists");
         let archives = dir.join("cache").join("archives");
         let parts = dir.join("sources.list.d");
@@ -39,13 +52,11 @@ impl Apt {
         }
         let signed = keyring.map_or_else(String::new, |k| format!(" [signed-by={k}]"));
         let sources = dir.join("sources.list");
-        fs::write(
-            &sources,
-            format!(
-                "deb{signed} {uri} {codename} main\ndeb{signed} {uri} {codename}-backports main\n"
-            ),
-        )
-        .with_context(|| format!("writing {}", sources.display()))?;
+        let lines: String = suites
+            .iter()
+            .map(|suite| format!("deb{signed} {uri} {suite} main\n"))
+            .collect();
+        fs::write(&sources, lines).with_context(|| format!("writing {}", sources.display()))?;
         let options = [
             format!("Dir::Etc::SourceList={}", sources.display()),
             format!("Dir::Etc::SourceParts={}", parts.display()),
@@ -59,7 +70,8 @@ impl Apt {
                 .flat_map(|o| ["-o".to_owned(), o])
                 .collect(),
             what: format!(
-                "{codename}-backports (private apt configuration in {})",
+                "{} (private apt configuration in {})",
+                suites.join(", "),
                 dir.display()
             ),
         };
