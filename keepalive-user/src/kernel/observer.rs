@@ -27,7 +27,9 @@ use tokio::io::{Interest, unix::AsyncFd};
 use super::{
     btf::{BtfError, KernelBtf, VMLINUX_BTF},
     filter,
-    hooks::{FunctionTarget, Hook, HookChoice, HookKind, HookOutcome, SIGNALS, TracepointReason},
+    hooks::{
+        FunctionTarget, Hook, HookChoice, HookKind, HookOutcome, SIGNALS, Signal, TracepointReason,
+    },
     hz::{HzError, kernel_hz},
     kallsyms::{KallsymsError, symbol_address},
     ring_fill::{RingFill, RingPositions},
@@ -248,11 +250,8 @@ impl Observer {
                 outcome = if hook.programs().iter().all(|p| attached.contains(p)) {
                     // Already attached for another signal (one program, two signals).
                     Ok(())
-                } else if signal.context_only
-                    && hook.kind() == HookKind::Kprobe
-                    && context == ContextStore::SocketStorage
-                {
-                    Err(KPROBE_WITHOUT_CONTEXT.to_owned())
+                } else if let Some(why) = unusable(signal, hook, context) {
+                    Err(why.to_owned())
                 } else if signal.name == "keepalive timer" && hook.kind() == HookKind::Tracepoint {
                     keepalive_timer
                         .as_ref()
@@ -561,6 +560,14 @@ pub fn cgroup2_root() -> Option<PathBuf> {
 const KPROBE_WITHOUT_CONTEXT: &str = "kprobes cannot reach socket storage, where this signal \
                                       waits (`--hooks kprobe` keeps contexts in the bounded map)";
 
+/// Why `hook` cannot serve `signal` while contexts live in `store`, known before attaching.
+fn unusable(signal: &Signal, hook: &Hook, store: ContextStore) -> Option<&'static str> {
+    let blind = signal.context_only
+        && hook.kind() == HookKind::Kprobe
+        && store == ContextStore::SocketStorage;
+    blind.then_some(KPROBE_WITHOUT_CONTEXT)
+}
+
 /// First kernel whose tracing programs may use socket storage.
 const TRACING_SOCKET_STORAGE: (u32, u32) = (5, 11);
 
@@ -620,6 +627,26 @@ mod tests {
         assert_eq!(duration_to_jiffies(Duration::from_secs(1), 250), 250);
         assert_eq!(duration_to_jiffies(Duration::from_millis(1500), 1000), 1500);
         assert_eq!(duration_to_jiffies(Duration::ZERO, 250), 0);
+    }
+
+    #[test]
+    fn idle_signals_get_no_kprobe_that_could_not_find_their_context() {
+        let signal = |name: &str| SIGNALS.iter().find(|s| s.name == name).unwrap();
+        let kprobe = |s: &'static Signal| s.hooks.iter().find(|h| h.kind() == HookKind::Kprobe);
+        let map = ContextStore::BoundedMap { why: "test" };
+        for name in ["send after idle", "reply after idle"] {
+            let hook = kprobe(signal(name)).unwrap();
+            assert!(unusable(signal(name), hook, ContextStore::SocketStorage).is_some());
+            assert!(unusable(signal(name), hook, map).is_none());
+            let fentry = signal(name)
+                .hooks
+                .iter()
+                .find(|h| h.kind() == HookKind::Fentry);
+            assert!(unusable(signal(name), fentry.unwrap(), ContextStore::SocketStorage).is_none());
+        }
+        // Reset records carry a context when there is one, and are sent without it.
+        let rst = signal("RST received");
+        assert!(unusable(rst, kprobe(rst).unwrap(), ContextStore::SocketStorage).is_none());
     }
 
     #[test]
