@@ -11,7 +11,7 @@ use std::{
     process::{Command, Output},
 };
 
-use common::require_root;
+use common::{BinaryForOthers, require_root};
 
 /// Exit status of a command line clap refused.
 const USAGE: i32 = 2;
@@ -195,7 +195,8 @@ fn a_recording_that_is_missing_or_not_one_is_an_error() {
 #[test]
 fn without_privileges_the_daemon_says_what_it_needs() {
     let dir = TempDir::new("unprivileged");
-    let binary = env!("CARGO_BIN_EXE_keepalive-observer");
+    let copy = BinaryForOthers::copy();
+    let binary = copy.path();
     let mut daemon = if keepalive_lab::is_root() {
         // As nobody, with no capabilities: what an ordinary user gets.
         let mut setpriv = Command::new("setpriv");

@@ -13,6 +13,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod common;
+
+use common::BinaryForOthers;
 use keepalive_lab::ChildGuard;
 
 use keepalive_observer::{
@@ -283,6 +286,7 @@ fn the_units_command_starts_with_only_the_units_capabilities_and_notifies_readin
         state.to_string_lossy().into_owned(),
     ]);
     let caps = setpriv_caps(&unit);
+    let binary = BinaryForOthers::copy();
     let mut child = ChildGuard::spawn(
         Command::new("setpriv")
             .arg(format!("--reuid={NOBODY}"))
@@ -291,7 +295,7 @@ fn the_units_command_starts_with_only_the_units_capabilities_and_notifies_readin
             .arg(format!("--inh-caps=-all,{caps}"))
             .arg(format!("--ambient-caps=-all,{caps}"))
             .arg(format!("--bounding-set=-all,{caps}"))
-            .arg(env!("CARGO_BIN_EXE_keepalive-observer"))
+            .arg(binary.path())
             .args(&args)
             .env("NOTIFY_SOCKET", scratch.0.join("notify.sock"))
             .stdin(Stdio::null())

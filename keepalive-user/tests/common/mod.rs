@@ -80,3 +80,41 @@ impl Daemon {
         (stopped.status, stopped.lines)
     }
 }
+
+/// A copy of the daemon that an unprivileged user may run, for tests that drop to `nobody`:
+/// the build's own copy may sit below a directory only root can enter (e.g. a clone in
+/// `/root`). Removed on drop.
+pub struct BinaryForOthers(std::path::PathBuf);
+
+impl BinaryForOthers {
+    /// Copies the daemon into a fresh world-readable directory under the temporary directory.
+    pub fn copy() -> BinaryForOthers {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir =
+            std::env::temp_dir().join(format!("kao-binary-{}-{}", std::process::id(), next_id()));
+        std::fs::create_dir_all(&dir).expect("create a directory for the daemon's copy");
+        let open = std::fs::Permissions::from_mode(0o755);
+        std::fs::set_permissions(&dir, open.clone()).expect("open the directory to others");
+        let binary = dir.join("keepalive-observer");
+        std::fs::copy(env!("CARGO_BIN_EXE_keepalive-observer"), &binary).expect("copy the daemon");
+        std::fs::set_permissions(&binary, open).expect("let others run the copy");
+        BinaryForOthers(dir)
+    }
+
+    /// The copy's path.
+    pub fn path(&self) -> std::path::PathBuf {
+        self.0.join("keepalive-observer")
+    }
+}
+
+impl Drop for BinaryForOthers {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Distinguishes the copies of one test process.
+fn next_id() -> u32 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
