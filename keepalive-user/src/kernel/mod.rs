@@ -2,6 +2,7 @@
 //! buffer.
 
 pub mod btf;
+pub mod context_store;
 pub mod filter;
 pub mod hooks;
 pub mod hz;
