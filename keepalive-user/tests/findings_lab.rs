@@ -16,10 +16,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Daemon, require_root};
+use common::{Daemon, lab_topology, require_root};
 use keepalive_lab::{
-    EchoServer, Keepalive, Middlebox, MiddleboxMode, Topology, flood::syn_flood, in_netns,
-    read_retrying, set_keepalive, set_linger_abort, set_user_timeout,
+    EchoServer, Keepalive, MiddleboxMode, Topology, flood::syn_flood, in_netns, read_retrying,
+    set_keepalive, set_linger_abort, set_user_timeout,
 };
 use serde_json::Value;
 
@@ -59,14 +59,7 @@ impl Lab {
     }
 
     fn new(mode: MiddleboxMode, established_timeout_secs: u32) -> Lab {
-        let topology = Topology::builder()
-            .servers(1)
-            .middlebox(Middlebox {
-                mode,
-                established_timeout_secs,
-            })
-            .build()
-            .expect("build the lab");
+        let topology = lab_topology(mode, established_timeout_secs);
         let client_netns = topology.client().netns().inode().expect("client inode");
         let server_netns = topology.server().netns().inode().expect("server inode");
         Lab {

@@ -19,9 +19,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Daemon, require_root};
+use common::{Daemon, lab_topology, require_root};
 use keepalive_lab::{
-    EchoServer, Middlebox, MiddleboxMode, Topology,
+    EchoServer, MiddleboxMode, Topology,
     flood::{FloodReport, spoofed_rst, spoofed_rsts, syn_flood},
     in_netns,
 };
@@ -251,14 +251,7 @@ fn measure(
 #[ignore = "needs root (eBPF programs, network namespaces, raw sockets): `cargo xtask test` runs it as root"]
 fn floods_give_no_record_and_resets_during_them_are_explained() {
     require_root("floods_give_no_record_and_resets_during_them_are_explained");
-    let topology = Topology::builder()
-        .servers(1)
-        .middlebox(Middlebox {
-            mode: MiddleboxMode::Reject,
-            established_timeout_secs: CT_TIMEOUT_SECS,
-        })
-        .build()
-        .expect("build the lab");
+    let topology = lab_topology(MiddleboxMode::Reject, CT_TIMEOUT_SECS);
     let netns = [
         topology.client().netns(),
         topology.server().netns(),

@@ -14,8 +14,8 @@ use std::{
     time::Duration,
 };
 
-use common::{Daemon, require_root};
-use keepalive_lab::{EchoServer, Middlebox, MiddleboxMode, Topology, in_netns, read_retrying};
+use common::{Daemon, lab_topology, require_root};
+use keepalive_lab::{EchoServer, MiddleboxMode, in_netns, read_retrying};
 use keepalive_schema::state::{self, FILE_NAME};
 use serde_json::Value;
 
@@ -47,14 +47,7 @@ fn a_restarted_daemon_puts_the_learned_window_in_its_first_finding() {
         "keepalive-observer-learned-state-{}",
         std::process::id()
     )));
-    let topology = Topology::builder()
-        .servers(1)
-        .middlebox(Middlebox {
-            mode: MiddleboxMode::Reject,
-            established_timeout_secs: CT_TIMEOUT_SECS,
-        })
-        .build()
-        .expect("build the lab");
+    let topology = lab_topology(MiddleboxMode::Reject, CT_TIMEOUT_SECS);
     let server = SocketAddr::from((topology.server().ipv4(), PORT));
     let _echo = in_netns(topology.server().netns(), || EchoServer::bind(server))
         .expect("enter the server namespace")

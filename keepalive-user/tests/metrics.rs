@@ -19,10 +19,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Daemon, require_root};
-use keepalive_lab::{
-    ChildGuard, EchoServer, Middlebox, MiddleboxMode, Topology, in_netns, read_retrying,
-};
+use common::{Daemon, lab_topology, require_root};
+use keepalive_lab::{ChildGuard, EchoServer, MiddleboxMode, Topology, in_netns, read_retrying};
 use serde_json::Value;
 
 /// Bound on every blocking socket call.
@@ -60,14 +58,7 @@ impl Drop for StateDir {
 
 impl Lab {
     fn start(port: u16) -> Lab {
-        let topology = Topology::builder()
-            .servers(1)
-            .middlebox(Middlebox {
-                mode: MiddleboxMode::Reject,
-                established_timeout_secs: CT_TIMEOUT_SECS,
-            })
-            .build()
-            .expect("build the lab");
+        let topology = lab_topology(MiddleboxMode::Reject, CT_TIMEOUT_SECS);
         let client_netns = topology.client().netns().inode().expect("client inode");
         let state = StateDir(
             std::env::temp_dir().join(format!("kao-{}-metrics-{port}-state", std::process::id())),

@@ -20,10 +20,9 @@ use std::{
     time::Duration,
 };
 
-use common::{Daemon, require_root};
+use common::{Daemon, lab_topology, require_root};
 use keepalive_lab::{
-    EchoServer, Keepalive, Middlebox, MiddleboxMode, Netns, Topology, in_netns, read_retrying,
-    set_keepalive,
+    EchoServer, Keepalive, MiddleboxMode, Netns, Topology, in_netns, read_retrying, set_keepalive,
 };
 use keepalive_schema::socket::{Risk, Side, SocketLine, SocketsLine};
 
@@ -45,14 +44,7 @@ struct Lab {
 
 impl Lab {
     fn new() -> Lab {
-        let topology = Topology::builder()
-            .servers(1)
-            .middlebox(Middlebox {
-                mode: MiddleboxMode::Reject,
-                established_timeout_secs: CT_TIMEOUT_SECS,
-            })
-            .build()
-            .expect("build the lab");
+        let topology = lab_topology(MiddleboxMode::Reject, CT_TIMEOUT_SECS);
         Lab {
             topology,
             nothing_learned: StateDir::new("none"),

@@ -118,3 +118,19 @@ fn next_id() -> u32 {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
+
+/// The lab of the privileged tests: a client, a middlebox in `mode` whose conntrack forgets
+/// flows idle `timeout_secs`, and one server.
+pub fn lab_topology(
+    mode: keepalive_lab::MiddleboxMode,
+    timeout_secs: u32,
+) -> keepalive_lab::Topology {
+    keepalive_lab::Topology::builder()
+        .servers(1)
+        .middlebox(keepalive_lab::Middlebox {
+            mode,
+            established_timeout_secs: timeout_secs,
+        })
+        .build()
+        .expect("build the lab")
+}
