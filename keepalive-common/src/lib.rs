@@ -476,8 +476,13 @@ pub struct ProbeConfig {
     pub context_in_map: u32,
     /// [`filter`] bits: which filter maps a record must match to be sent.
     pub filters: u32,
-    /// Explicit padding to the struct's 8-byte alignment, always zero.
-    pub _pad: u32,
+    /// Nonzero: tracing programs may call `bpf_get_socket_cookie` (kernel 5.12 on). Zero: a
+    /// socket without a cookie yet is known by a keyed hash of its address
+    /// ([`ProbeConfig::socket_hash_key`]) instead.
+    pub cookie_helper: u32,
+    /// Per-run random key of the hash that names a socket without a cookie, so that the
+    /// identity never exposes the socket's kernel address.
+    pub socket_hash_key: u64,
 }
 
 /// Name of the `iter/tcp` program that writes one [`SocketAudit`] per full TCP socket of the

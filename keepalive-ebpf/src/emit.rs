@@ -69,7 +69,8 @@ static CONFIG: ProbeConfig = ProbeConfig {
     reply_reset_reason_arg: keepalive_common::NO_ARG,
     context_in_map: 0,
     filters: 0,
-    _pad: 0,
+    cookie_helper: 0,
+    socket_hash_key: 0,
 };
 
 /// The configuration, read through a volatile load so the compiler cannot fold the zeroes

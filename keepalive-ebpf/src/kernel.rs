@@ -81,7 +81,8 @@ pub fn is_full_tcp<M: Memory>(sk: *const u8) -> bool {
 
 /// The socket cookie of a BTF-typed socket pointer: the stored one, else through the helper,
 /// which assigns one when the socket has none yet (only the first hook to see a socket pays
-/// for the helper call). Zero for NULL.
+/// for the helper call). Where tracing programs may not call the helper (before 5.12), a
+/// socket without a cookie yet gets [`address_hash`]. Zero for NULL.
 #[inline(always)]
 pub fn cookie_of(sk: *const u8) -> u64 {
     // Arguments the kernel marks nullable (tcp_send_reset's sk) allow no pointer arithmetic
@@ -93,9 +94,31 @@ pub fn cookie_of(sk: *const u8) -> u64 {
     if stored != 0 {
         return stored;
     }
+    // The flag is a constant of the frozen configuration: the verifier of a kernel without
+    // the helper never walks the branch that calls it.
+    if config().cookie_helper == 0 {
+        return address_hash(sk);
+    }
     // SAFETY: `sk` is a BTF-typed socket pointer passed by the hook; the helper accepts any
     // `sock_common`.
     unsafe { bpf_get_socket_cookie(sk as *mut _) }
+}
+
+/// A name for a socket that has no cookie: a keyed hash of its address, with the top bit set
+/// so that it never meets a real cookie (a counter from 1), and the address never leaves the
+/// kernel as it is. The verifier allows no arithmetic but addition on a pointer, so its value
+/// is first copied out as a plain number.
+#[inline(always)]
+fn address_hash(sk: *const u8) -> u64 {
+    let slot = sk;
+    // SAFETY: reads the eight bytes of a local variable.
+    let address: u64 =
+        unsafe { bpf_probe_read_kernel(core::ptr::from_ref(&slot).cast::<u64>()) }.unwrap_or(0);
+    // The finaliser of splitmix64: every bit of the address moves every bit of the name.
+    let mut h = address ^ config().socket_hash_key;
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (h ^ (h >> 31)) | 1 << 63
 }
 
 /// The cookie as stored in the socket, for pointers the helper will not accept (computed

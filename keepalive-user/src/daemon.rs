@@ -437,7 +437,10 @@ fn startup_report(observer: &Observer, learned_state: String, filters: String) -
             .unwrap_or_default(),
         hooks,
         missing_signals,
-        context: observer.context.describe(),
+        context: match observer.identity.caveat() {
+            Some(caveat) => format!("{}; {caveat}", observer.context.describe()),
+            None => observer.context.describe(),
+        },
         learned_state,
         filters,
     }

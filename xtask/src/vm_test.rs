@@ -40,9 +40,8 @@ const RECORDING_PREFIX: &str = "VMTEST-RECORDING ";
 /// Which kernels to boot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Kernels {
-    /// Debian 11's kernel series. The daemon does not start there yet: its tracing programs
-    /// call `bpf_get_socket_cookie`, which they may from 5.12 only. Not part of `all` until
-    /// it does.
+    /// Debian 11's kernel series, the oldest supported: no socket storage for tracing
+    /// programs (contexts in the bounded map) and no `bpf_get_socket_cookie` for them.
     #[value(name = "5.10")]
     V5_10,
     /// Debian 12's own kernel series.
@@ -51,7 +50,7 @@ pub enum Kernels {
     /// The 6.12 series Debian 12 also ships (from backports where the sources lack it).
     #[value(name = "6.12")]
     V6_12,
-    /// 6.1 and 6.12.
+    /// 6.1, 6.12 and 5.10.
     All,
 }
 
@@ -61,7 +60,7 @@ impl Kernels {
             Kernels::V5_10 => &["5.10"],
             Kernels::V6_1 => &["6.1"],
             Kernels::V6_12 => &["6.12"],
-            Kernels::All => &["6.1", "6.12"],
+            Kernels::All => &["6.1", "6.12", "5.10"],
         }
     }
 }

@@ -62,6 +62,44 @@ pub(crate) fn context_store(hooks: HookChoice, release: Option<(u32, u32)>) -> C
     }
 }
 
+/// First kernel whose tracing programs may call `bpf_get_socket_cookie`.
+const TRACING_SOCKET_COOKIE: (u32, u32) = (5, 12);
+
+/// How the kernel side names a socket in records and in the bounded map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SocketIdentity {
+    /// The socket cookie, assigned by the first hook to see the socket.
+    Cookie,
+    /// The socket cookie once something assigned one (the `cgroup_skb` program at the
+    /// handshake, inet_diag), before that a keyed hash of the socket's address: tracing
+    /// programs cannot assign cookies on this kernel.
+    CookieElseHash,
+}
+
+impl SocketIdentity {
+    /// Whether tracing programs may assign cookies themselves.
+    pub fn helper(self) -> bool {
+        self == Self::Cookie
+    }
+
+    /// The start-up line's words, when there is something to say.
+    pub fn caveat(self) -> Option<&'static str> {
+        (self == Self::CookieElseHash).then_some(
+            "sockets no hook could give a cookie to are named by a keyed hash of their address \
+             until one is assigned (tracing programs may assign cookies from kernel 5.12)",
+        )
+    }
+}
+
+/// The socket cookie where tracing programs may assign it, else the stored cookie or a hash.
+pub(crate) fn socket_identity(release: Option<(u32, u32)>) -> SocketIdentity {
+    if release.is_some_and(|r| r < TRACING_SOCKET_COOKIE) {
+        SocketIdentity::CookieElseHash
+    } else {
+        SocketIdentity::Cookie
+    }
+}
+
 /// The running kernel's (major, minor), from `/proc/sys/kernel/osrelease`.
 pub(crate) fn kernel_release() -> Option<(u32, u32)> {
     parse_release(&std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?)
@@ -100,7 +138,7 @@ mod tests {
     }
 
     #[test]
-    fn context_lives_in_socket_storage_unless_kprobes_or_an_old_kernel_forbid_it() {
+    fn context_store_and_socket_identity_follow_the_kernel_release() {
         assert_eq!(parse_release("6.18.44-cloud-amd64\n"), Some((6, 18)));
         assert_eq!(parse_release("5.10.0-33-cloud-amd64"), Some((5, 10)));
         assert_eq!(parse_release("garbage"), None);
@@ -116,5 +154,9 @@ mod tests {
             context_store(HookChoice::Only(HookKind::Kprobe), Some((6, 18))),
             ContextStore::BoundedMap { .. }
         ));
+        assert_eq!(socket_identity(Some((5, 10))), SocketIdentity::CookieElseHash);
+        assert_eq!(socket_identity(Some((5, 11))), SocketIdentity::CookieElseHash);
+        assert_eq!(socket_identity(Some((5, 12))), SocketIdentity::Cookie);
+        assert_eq!(socket_identity(Some((6, 1))), SocketIdentity::Cookie);
     }
 }

@@ -3,6 +3,7 @@
 use std::{
     collections::BTreeSet,
     fs::File,
+    hash::{BuildHasher, RandomState},
     io,
     os::fd::AsFd,
     path::{Path, PathBuf},
@@ -24,10 +25,10 @@ use keepalive_common::{
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
-pub use super::context_store::ContextStore;
+pub use super::context_store::{ContextStore, SocketIdentity};
 use super::{
     btf::{BtfError, KernelBtf, VMLINUX_BTF},
-    context_store::{context_store, kernel_release, unusable},
+    context_store::{context_store, kernel_release, socket_identity, unusable},
     filter,
     hooks::{FunctionTarget, Hook, HookChoice, HookKind, HookOutcome, SIGNALS, TracepointReason},
     hz::{HzError, kernel_hz},
@@ -163,6 +164,8 @@ pub struct Observer {
     pub hooks: Vec<HookOutcome>,
     /// Where connection context is kept.
     pub context: ContextStore,
+    /// How the kernel side names sockets.
+    pub identity: SocketIdentity,
     /// What decoding needs to know about this kernel.
     pub decode: DecodeContext,
 }
@@ -183,7 +186,9 @@ impl Observer {
             }
             found => found,
         };
-        let context = context_store(options.hooks, kernel_release());
+        let release = kernel_release();
+        let context = context_store(options.hooks, release);
+        let identity = socket_identity(release);
         let config = ProbeConfig {
             offsets: kernel.kernel_offsets()?,
             keepalive_timer_fn: *keepalive_timer.as_ref().unwrap_or(&0),
@@ -196,7 +201,8 @@ impl Observer {
             reply_reset_reason_arg: reason_arg(&kernel, "tcp_v4_send_reset"),
             context_in_map: u32::from(context != ContextStore::SocketStorage),
             filters: filter::bits(&options.filter),
-            _pad: 0,
+            cookie_helper: u32::from(identity.helper()),
+            socket_hash_key: RandomState::new().hash_one(0u8),
         };
         let mut loader = EbpfLoader::new();
         loader.override_global(CONFIG_GLOBAL, &config, true);
@@ -296,6 +302,7 @@ impl Observer {
             counters,
             hooks,
             context,
+            identity,
             decode,
         })
     }
