@@ -122,10 +122,16 @@ fn address_hash(sk: *const u8) -> u64 {
 }
 
 /// The cookie as stored in the socket, for pointers the helper will not accept (computed
-/// with container_of, or kprobe arguments). Zero when no cookie was ever assigned.
+/// with container_of, or kprobe arguments). When no cookie was ever assigned: zero where
+/// tracing programs assign cookies (they see every connection first), else, as
+/// [`cookie_of`] does there, [`address_hash`].
 #[inline(always)]
 pub fn stored_cookie(sk: *const u8) -> u64 {
-    Probe::read(sk, config().offsets.skc_cookie)
+    let stored: u64 = Probe::read(sk, config().offsets.skc_cookie);
+    if stored != 0 || config().cookie_helper != 0 {
+        return stored;
+    }
+    address_hash(sk)
 }
 
 /// Fills addresses, ports, state, netns, error and the TCP fields from a socket.

@@ -22,9 +22,14 @@ const TCP_FLAGS_BYTE: u32 = 13;
 const ETH_IPV4: u8 = 4;
 const ETH_IPV6: u8 = 6;
 
+/// [`reset_sent`]'s reason when the hook has none. A plain value rather than an `Option`:
+/// the payload of a `None` is undefined, and kept in a register across a call it is a read
+/// of an uninitialised register to the verifier of older kernels (5.10 refuses it).
+pub const NO_REASON: u64 = u64::MAX;
+
 /// Emits [`EventKind::ResetSent`]. `sk` is NULL when no socket owns the segment being
-/// answered, `skb` is NULL for an RST on the socket's own connection, `reason` is `None`
-/// when the hook has no reset reason. An RST answering a SYN ends no connection: refusing a
+/// answered, `skb` is NULL for an RST on the socket's own connection, `reason` is
+/// [`NO_REASON`] when the hook has no reset reason. An RST answering a SYN ends no connection: refusing a
 /// bare SYN (a closed port, a scan, a SYN flood) or a SYN-ACK for which this host has no
 /// connecting socket (the backscatter of a flood spoofing this host's address, or an answer
 /// after the connect was given up). It is counted, not sent: strangers choose how many.
@@ -32,7 +37,7 @@ const ETH_IPV6: u8 = 6;
 pub fn reset_sent<M: Memory>(
     sk: *const u8,
     skb: *const u8,
-    reason: Option<u64>,
+    reason: u64,
     cookie: u64,
     context: Option<&mut ConnContext>,
 ) {
@@ -48,12 +53,12 @@ pub fn reset_sent<M: Memory>(
     } else {
         reset_facts::<M>(sk)
     };
-    let no_reason = if reason.is_some() {
-        0
+    let (reason, no_reason) = if reason == NO_REASON {
+        (0, flags::NO_REASON)
     } else {
-        flags::NO_REASON
+        (reason as u32, 0)
     };
-    event.reason = reason.unwrap_or(0) as u32;
+    event.reason = reason;
     event.flags = facts | no_reason;
     event.unread = unread;
     if !sk.is_null() {
@@ -107,7 +112,7 @@ pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
     } else {
         None
     };
-    reset_sent::<Btf>(sk, skb, Some(reason), cookie, context);
+    reset_sent::<Btf>(sk, skb, reason, cookie, context);
     0
 }
 
@@ -123,7 +128,7 @@ pub fn tcp_send_reset_no_reason(ctx: BtfTracePointContext) -> i32 {
     }
     let cookie = cookie_of(sk);
     let context = context::of_tcp_sock::<Btf>(sk, || cookie, Create::Yes);
-    reset_sent::<Btf>(sk, skb, None, cookie, context);
+    reset_sent::<Btf>(sk, skb, NO_REASON, cookie, context);
     0
 }
 

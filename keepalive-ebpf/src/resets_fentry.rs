@@ -13,20 +13,22 @@ use crate::{
     context::{self, Create},
     emit::config,
     kernel::{Probe, cookie_of},
-    resets::{reset_received, reset_sent},
+    resets::{NO_REASON, reset_received, reset_sent},
 };
 
-/// Argument `n` of the traced function; `None` for [`NO_ARG`] or a position it does not have.
+/// Argument `n` of the traced function; [`NO_REASON`] for [`NO_ARG`] or a position it does
+/// not have. The helper exists from 5.17; `n` is a constant of the frozen configuration, so
+/// the verifier of an older kernel (where it is always [`NO_ARG`]) never walks the call.
 #[inline(always)]
-fn arg_at(ctx: &FEntryContext, n: u32) -> Option<u64> {
+fn arg_at(ctx: &FEntryContext, n: u32) -> u64 {
     if n == NO_ARG {
-        return None;
+        return NO_REASON;
     }
     let mut value = 0u64;
     // SAFETY: the context is the program's own; the helper checks `n` against the function's
     // argument count and writes only `value`.
     let found = unsafe { bpf_get_func_arg(ctx.as_ptr(), n, &mut value) } == 0;
-    found.then_some(value)
+    if found { value } else { NO_REASON }
 }
 
 #[fentry(function = "tcp_reset")]

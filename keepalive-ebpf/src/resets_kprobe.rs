@@ -8,14 +8,14 @@ use crate::{
     context::{self, Create},
     emit::config,
     kernel::{Probe, stored_cookie},
-    resets::{reset_received, reset_sent},
+    resets::{NO_REASON, reset_received, reset_sent},
 };
 use aya_ebpf::{macros::kprobe, programs::ProbeContext};
 
-/// Register argument `n` (the reason is never past the third); `None` for any other
+/// Register argument `n` (the reason is never past the third); [`NO_REASON`] for any other
 /// position, [`NO_ARG`](keepalive_common::NO_ARG) included.
 #[inline(always)]
-fn arg_at(ctx: &ProbeContext, n: u32) -> Option<u64> {
+fn arg_at(ctx: &ProbeContext, n: u32) -> u64 {
     // Each register is read at a constant offset, then chosen: a context read at a variable
     // offset would not pass the verifier.
     let (a1, a2) = (ctx.arg::<u64>(1), ctx.arg::<u64>(2));
@@ -24,6 +24,7 @@ fn arg_at(ctx: &ProbeContext, n: u32) -> Option<u64> {
         2 => a2,
         _ => None,
     }
+    .unwrap_or(NO_REASON)
 }
 
 /// The socket's stored cookie; 0 for no socket.

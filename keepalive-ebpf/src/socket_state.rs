@@ -1,10 +1,14 @@
 //! Socket lifecycle and errors. `inet_sock_set_state(sk, old, new)` sends nothing: it keeps
 //! in the connection's context what the rules need from the lifecycle (who connected, when it
 //! was established, whether the peer closed first, the state before CLOSE).
-//! `inet_sk_error_report(sk)` sends the error (ECONNRESET, ETIMEDOUT, ECONNREFUSED) with that
+//! `inet_sk_error_report(sk)` (or `sock_def_error_report(sk)`) sends the error (ECONNRESET, ETIMEDOUT, ECONNREFUSED) with that
 //! context. `tcp_destroy_sock(sk)` forgets the fallback map's entry.
 
-use aya_ebpf::{helpers::bpf_jiffies64, macros::btf_tracepoint, programs::BtfTracePointContext};
+use aya_ebpf::{
+    helpers::bpf_jiffies64,
+    macros::{btf_tracepoint, fentry},
+    programs::{BtfTracePointContext, FEntryContext},
+};
 use keepalive_common::{EventKind, context_flags, tcp_state};
 
 use crate::{
@@ -75,7 +79,18 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
 /// error (`tcp_disconnect` reports one) decides nothing.
 #[btf_tracepoint(function = "inet_sk_error_report")]
 pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> i32 {
-    let sk: *const u8 = ctx.arg(0);
+    socket_error(ctx.arg(0))
+}
+
+/// The same on the function every TCP socket reports its errors through, for kernels without
+/// the tracepoint (before 5.14). Its argument is as typed as the tracepoint's.
+#[fentry(function = "sock_def_error_report")]
+pub fn fentry_sock_def_error_report(ctx: FEntryContext) -> i32 {
+    socket_error(ctx.arg(0))
+}
+
+#[inline(always)]
+fn socket_error(sk: *const u8) -> i32 {
     if sk.is_null() || Btf::read::<i32>(sk, config().offsets.sk_err) == 0 || !is_full_tcp::<Btf>(sk)
     {
         return 0;

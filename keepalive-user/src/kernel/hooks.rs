@@ -262,11 +262,19 @@ pub const SIGNALS: &[Signal] = &[
         required: false,
         fallback_context_only: false,
         context_only: false,
-        hooks: &[Hook::BtfTracepoint {
-            program: "inet_sk_error_report",
-            tracepoint: "inet_sk_error_report",
-            reason: TracepointReason::Unrelated,
-        }],
+        hooks: &[
+            Hook::BtfTracepoint {
+                program: "inet_sk_error_report",
+                tracepoint: "inet_sk_error_report",
+                reason: TracepointReason::Unrelated,
+            },
+            Hook::Fentry {
+                targets: &[target(
+                    "fentry_sock_def_error_report",
+                    "sock_def_error_report",
+                )],
+            },
+        ],
     },
     Signal {
         name: "keepalive timer",
