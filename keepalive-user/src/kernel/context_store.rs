@@ -154,8 +154,14 @@ mod tests {
             context_store(HookChoice::Only(HookKind::Kprobe), Some((6, 18))),
             ContextStore::BoundedMap { .. }
         ));
-        assert_eq!(socket_identity(Some((5, 10))), SocketIdentity::CookieElseHash);
-        assert_eq!(socket_identity(Some((5, 11))), SocketIdentity::CookieElseHash);
+        assert_eq!(
+            socket_identity(Some((5, 10))),
+            SocketIdentity::CookieElseHash
+        );
+        assert_eq!(
+            socket_identity(Some((5, 11))),
+            SocketIdentity::CookieElseHash
+        );
         assert_eq!(socket_identity(Some((5, 12))), SocketIdentity::Cookie);
         assert_eq!(socket_identity(Some((6, 1))), SocketIdentity::Cookie);
     }
