@@ -29,10 +29,11 @@ pub const NO_REASON: u64 = u64::MAX;
 
 /// Emits [`EventKind::ResetSent`]. `sk` is NULL when no socket owns the segment being
 /// answered, `skb` is NULL for an RST on the socket's own connection, `reason` is
-/// [`NO_REASON`] when the hook has no reset reason. An RST answering a SYN ends no connection: refusing a
-/// bare SYN (a closed port, a scan, a SYN flood) or a SYN-ACK for which this host has no
-/// connecting socket (the backscatter of a flood spoofing this host's address, or an answer
-/// after the connect was given up). It is counted, not sent: strangers choose how many.
+/// [`NO_REASON`] when the hook has no reset reason. An RST answering a SYN ends no
+/// connection: refusing a bare SYN (a closed port, a scan, a SYN flood) or a SYN-ACK for
+/// which this host has no connecting socket (the backscatter of a flood spoofing this
+/// host's address, or an answer after the connect was given up). It is counted, not sent:
+/// strangers choose how many.
 #[inline(always)]
 pub fn reset_sent<M: Memory>(
     sk: *const u8,
