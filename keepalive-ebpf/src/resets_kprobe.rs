@@ -4,27 +4,33 @@
 //! not take: the cookie is the one stored in the socket, assigned when the state-change hook
 //! first saw it.
 
+use core::ptr::read_volatile;
+
+use aya_ebpf::{macros::kprobe, programs::ProbeContext};
+
 use crate::{
     context::{self, Create},
     emit::config,
     kernel::{Probe, stored_cookie},
     resets::{NO_REASON, reset_received, reset_sent},
 };
-use aya_ebpf::{macros::kprobe, programs::ProbeContext};
 
 /// Register argument `n` (the reason is never past the third); [`NO_REASON`] for any other
 /// position, [`NO_ARG`](keepalive_common::NO_ARG) included.
 #[inline(always)]
 fn arg_at(ctx: &ProbeContext, n: u32) -> u64 {
     // Each register is read at a constant offset, then chosen: a context read at a variable
-    // offset would not pass the verifier.
-    let (a1, a2) = (ctx.arg::<u64>(1), ctx.arg::<u64>(2));
+    // offset would not pass the verifier. Going through volatile locals keeps the compiler
+    // from turning the choice between two reads into one read at a chosen offset.
+    let a1 = ctx.arg::<u64>(1).unwrap_or(NO_REASON);
+    let a2 = ctx.arg::<u64>(2).unwrap_or(NO_REASON);
+    // SAFETY: reads of initialised locals.
+    let (a1, a2) = unsafe { (read_volatile(&a1), read_volatile(&a2)) };
     match n {
         1 => a1,
         2 => a2,
-        _ => None,
+        _ => NO_REASON,
     }
-    .unwrap_or(NO_REASON)
 }
 
 /// The socket's stored cookie; 0 for no socket.
