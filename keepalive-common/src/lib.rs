@@ -577,7 +577,7 @@ mod tests {
         assert_eq!(size_of::<HandshakeKey>(), 8 + 32 + 8);
         // An even number of u32 offsets keeps the u64 after them aligned without padding.
         assert_eq!(size_of::<KernelOffsets>(), 36 * 4);
-        assert_eq!(size_of::<ProbeConfig>(), 36 * 4 + 8 + 8 * 4);
+        assert_eq!(size_of::<ProbeConfig>(), 36 * 4 + 8 + 8 * 4 + 8);
     }
 
     #[test]

@@ -74,6 +74,11 @@ impl Drop for Running {
     }
 }
 
+/// Each test here makes a thousand or more aborts on loopback, and a daemon sees every
+/// connection of the host: one at a time, so that neither test's daemon also takes the other's
+/// burst.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Closes `count` loopback connections to `listener` with `SO_LINGER {1, 0}`; returns the
 /// clients' ports.
 fn abort_connections(listener: &TcpListener, count: usize) -> Vec<u16> {
@@ -109,6 +114,9 @@ fn wait_for_line(path: &Path, needle: &str) -> String {
 #[ignore = "needs root (eBPF programs): `cargo xtask test` runs it as root"]
 fn a_daemon_whose_stdout_nobody_reads_keeps_draining_and_exits_promptly_on_sigterm() {
     require_root("a_daemon_whose_stdout_nobody_reads_keeps_draining_and_exits_promptly_on_sigterm");
+    let _alone = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let scratch = Scratch::new("stuck-stdout");
     let recording = scratch.dir.join("recording.jsonl");
     let stderr = scratch.dir.join("stderr");
@@ -203,6 +211,9 @@ fn a_daemon_whose_stdout_nobody_reads_keeps_draining_and_exits_promptly_on_sigte
 #[ignore = "needs root (eBPF programs, mount): `cargo xtask test` runs it as root"]
 fn a_full_disk_stops_the_recording_and_not_the_daemon() {
     require_root("a_full_disk_stops_the_recording_and_not_the_daemon");
+    let _alone = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut scratch = Scratch::new("full-disk");
     let disk = scratch.tmpfs("disk", "256k");
     let stderr = scratch.dir.join("stderr");
